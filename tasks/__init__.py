@@ -1,0 +1,1 @@
+"""The four modules of dartflow and the policy models they share."""

@@ -1,0 +1,1 @@
+"""Data manager: curation rules over Arrow tables (issue 7)."""

@@ -1,0 +1,1 @@
+"""Environment protocol, built-in environments and the environment cluster (issue 3)."""

@@ -1,0 +1,1 @@
+"""Trainer: losses, advantages, the train step, checkpoints (issue 5)."""
