@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from dartflow.tasks.models.limits import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, VLLM_CPU_HEAD_SIZES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -25,7 +26,7 @@ class _Section(BaseModel):
 
 
 class TinyModelConfig(_Section):
-    vocab_size: int = Field(1024, ge=300, le=65536, description="BPE vocabulary size of the tiny tokenizer.")
+    vocab_size: int = Field(1024, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE, description="BPE vocabulary size of the tiny tokenizer.")
     hidden_size: int = Field(128, ge=16, le=4096, description="Width of the tiny Llama.")
     num_layers: int = Field(2, ge=1, le=48, description="Number of decoder layers.")
     num_heads: int = Field(4, ge=1, le=64, description="Attention heads; must divide hidden_size.")
@@ -39,6 +40,11 @@ class TinyModelConfig(_Section):
     def _heads_divide_width(self) -> "TinyModelConfig":
         if self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
+        if self.hidden_size // self.num_heads not in VLLM_CPU_HEAD_SIZES:
+            raise ValueError(
+                f"head size hidden_size/num_heads = {self.hidden_size // self.num_heads} is not one that vLLM's "
+                f"CPU attention supports: {VLLM_CPU_HEAD_SIZES}"
+            )
         return self
 
 

@@ -118,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dartflow: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as exc:
+        # Bad input from the user (a model folder that exists, a missing file, an invalid option):
+        # a one-line message; DARTFLOW_DEBUG=1 shows the traceback.
+        if os.environ.get("DARTFLOW_DEBUG"):
+            raise
+        print(f"dartflow: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dartflow: interrupted", file=sys.stderr)
         return 130

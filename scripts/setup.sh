@@ -39,7 +39,7 @@ echo "setup: installing dartflow and pinned dependencies into $VENV (a few minut
 "${PIP[@]}" install --quiet --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
 if [ "$ENGINE" = "cpu" ]; then
     # The constraints pin every package to the set checked together (CPU torch from the machine's wheels).
-    "${PIP[@]}" install --progress-bar off -c requirements/cpu.lock -e ".[cpu,dev]" 2>&1 | grep -v "^WARNING: Location" | grep -E "^(Successfully|ERROR|error)|Installing collected" || true
+    "${PIP[@]}" install --progress-bar off -c requirements/cpu.lock -e ".[cpu,dev]" 2>&1 | grep -v "^WARNING: Location" | grep -E "^(ERROR|error)|^Successfully installed" | cut -c1-300 || true
 elif [ "$ENGINE" = "cuda" ]; then
     "${PIP[@]}" install --progress-bar off -e ".[cuda,dev]" 2>&1 | grep -v "^WARNING: Location" | grep -E "^(Successfully|ERROR|error)" || true
 else
