@@ -91,6 +91,15 @@ class EnvironmentSpec(_Section):
         return name
 
 
+class ClusterConfig(_Section):
+    num_workers: int = Field(2, ge=1, le=1024, description="Environment worker processes.")
+    slots_per_worker: int = Field(
+        8, ge=1, le=10_000, description="Environment instances (episodes at once) hosted by each worker."
+    )
+    step_timeout_s: float = Field(30.0, gt=0, le=86_400, description="A step slower than this ends its episode as error.")
+    reset_timeout_s: float = Field(60.0, gt=0, le=86_400, description="A reset slower than this ends its episode as error.")
+
+
 class EngineConfig(_Section):
     kv_cache_space_gib: float = Field(
         1.0, gt=0, le=512, description="CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU."
@@ -176,6 +185,7 @@ class RunConfig(_Section):
         min_length=1,
         description="Environments the run samples problems from.",
     )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -100,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(stats)
     lineage = store_commands.add_parser(
         "lineage",
-        help="trajectories that trained a policy version",
-        description="Print the trajectories consumed by the optimizer step that produced a policy version.",
+        help="trajectories consumed by the training step at a policy version",
+        description="Print the trajectories consumed by the optimizer step at trainer version V (the step "
+        "that produced version V+1), replayed from the store.",
     )
-    lineage.add_argument("--version", type=int, required=True, dest="policy_version", help="trainer version")
+    lineage.add_argument("--version", type=int, required=True, dest="policy_version", help="trainer version V")
+    lineage.add_argument("--run", default=None, help="run id (needed when several runs share the store)")
     _add_config_args(lineage)
     return parser
 
@@ -152,7 +154,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = commands.load(args)
         if args.store_command == "stats":
             return commands.store_stats(config)
-        return commands.store_lineage(config, args.policy_version)
+        return commands.store_lineage(config, args.policy_version, args.run)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -50,3 +50,68 @@ def model_smollm2(args: argparse.Namespace) -> int:
         print("dartflow: greedy outputs differ between transformers and vLLM", file=sys.stderr)
         return 1
     return 0
+
+
+def quickstart(config: RunConfig) -> int:
+    from dartflow.flows.store_demo import run_store_demo
+    from dartflow.tasks.models.prepare import ensure_policy_model
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"policy model: {config.model.source} -> {config.model_dir}")
+    model_dir, created = ensure_policy_model(config.model, config.model_dir)
+    print(f"  {'built' if created else 'reusing'} {model_dir}")
+    summary = run_store_demo(config, model_dir)
+    print(
+        f"inspect it: dartflow store stats CONFIG; dartflow store lineage --version 0 --run {summary['run_id']} CONFIG"
+    )
+    return 0
+
+
+def _open_existing_store(config: RunConfig, run_id: str | None = None):
+    from pathlib import Path
+
+    from dartflow.storage import TrajectoryStore
+
+    if "://" not in config.store_uri and not Path(config.store_uri).exists():
+        raise FileNotFoundError(f"no trajectory store at {config.store_uri} (has this run written anything yet?)")
+    return TrajectoryStore(config.store_uri, run_id=run_id, compact_every_appends=0)
+
+
+def store_stats(config: RunConfig) -> int:
+    store = _open_existing_store(config)
+    stats = store.problem_stats()
+    print(f"{store.count()} trajectories in {config.store_uri} (table version {store.version})")
+    with _wide_polars():
+        print(stats.drop("last_seen_at").sort("attempts", descending=True))
+    return 0
+
+
+def store_lineage(config: RunConfig, policy_version: int, run_id: str | None) -> int:
+    store = _open_existing_store(config, run_id)
+    lineage = store.lineage(policy_version)
+    if lineage.num_rows == 0:
+        print(f"dartflow: no training batch recorded for trainer version {policy_version}", file=sys.stderr)
+        return 1
+    runs = sorted(set(lineage["run_id"].to_pylist()), key=str)
+    if len(runs) > 1:
+        print(f"dartflow: several runs trained a version {policy_version}; pick one with --run: {runs}", file=sys.stderr)
+        return 2
+    rows = store.replay(policy_version, columns=["run_id", "problem_id", "reward", "min_policy_version", "finish_reason"])
+    import polars as pl
+
+    print(
+        f"run {runs[0]}: the optimizer step at trainer version {policy_version} (producing version "
+        f"{policy_version + 1}) consumed {rows.num_rows} trajectories:"
+    )
+    with _wide_polars():
+        print(pl.from_arrow(rows))
+    return 0
+
+
+def _wide_polars():
+    import polars as pl
+
+    return pl.Config(tbl_rows=50, tbl_cols=12, tbl_width_chars=140, fmt_str_lengths=40)
