@@ -90,6 +90,15 @@ class EnvironmentSpec(_Section):
             raise ValueError(f"'{name}' is not an environment name (expected e.g. 'guess_number' or 'family:task')")
         return name
 
+    @model_validator(mode="after")
+    def _environment_exists_with_these_params(self) -> "EnvironmentSpec":
+        # Cheap (no third-party import): unknown names, bad params and games that cannot run here
+        # fail at config time, not mid-run.
+        from dartflow.tasks.envs.registry import check_environment
+
+        check_environment(self.name, self.params)
+        return self
+
 
 class ClusterConfig(_Section):
     num_workers: int = Field(2, ge=1, le=1024, description="Environment worker processes.")

@@ -105,3 +105,12 @@ def test_everything_a_run_writes_derives_from_work_dir(tmp_path):
 def test_apply_overrides_does_not_touch_other_keys():
     raw = {"training": {"lr": 1.0, "steps": 3}}
     assert apply_overrides(raw, ["training.lr=2"]) == {"training": {"lr": 2, "steps": 3}}
+
+
+def test_environments_are_checked_against_the_registry_at_config_time():
+    with pytest.raises(ConfigError, match=r"environments\.0.*unknown parameter 'lo'"):
+        load_config(None, ["environments=[{name: guess_number, params: {lo: 3}}]"])
+    with pytest.raises(ConfigError, match=r"environments\.0.*Wordle-v0 needs NLTK"):
+        load_config(None, ["environments=[{name: 'textarena:Wordle-v0'}]"])
+    config = load_config(None, ["environments=[{name: 'reasoning_gym:basic_arithmetic'}, {name: 'textarena:TowerOfHanoi-v0'}]"])
+    assert len(config.environments) == 2

@@ -57,14 +57,25 @@ class Environment(Protocol):
 
 @runtime_checkable
 class ProblemSource(Protocol):
-    """The problems of one configured environment: stable ids, difficulty, a split, seedable sampling."""
+    """The problems of one configured environment: stable ids, difficulty, a split, seedable sampling.
+
+    Each split is a finite, indexed pool (indexes 0 .. size(split) - 1), so curation can keep
+    statistics per problem and an evaluation set is a fixed list.
+    """
+
+    def size(self, split: str) -> int:
+        """How many problems `split` holds."""
+        ...
 
     def problem(self, split: str, index: int) -> Problem:
-        """The `index`-th problem of `split`: the same arguments always give the same problem."""
+        """The `index`-th problem of `split`: the same arguments always give the same problem.
+
+        Raises IndexError outside 0 .. size(split) - 1.
+        """
         ...
 
     def sample(self, rng: random.Random, split: str = "train") -> Problem: ...
 
     def heldout(self, count: int) -> list[Problem]:
-        """The first `count` held-out problems (a fixed evaluation set)."""
+        """The first `count` held-out problems (a fixed evaluation set); all of them if fewer."""
         ...

@@ -1,0 +1,251 @@
+"""guess_number: find a hidden integer in [low, high]; after each guess the environment says higher/lower.
+
+Rules (pure functions below): a guess is one integer (see `parse_integer`). Every step uses one turn,
+valid or not. A correct guess ends the episode with reward 1; running out of turns ends it with 0.
+Each step also costs `turn_cost` (so faster solutions earn more), and an invalid guess (unparseable
+or outside the range) costs `invalid_action_penalty` more.
+
+Problems: one per (level, secret). Each level is a range size and a turn limit (easiest first;
+difficulty = the level's index); `high` (with an optional `max_turns`) is shorthand for one level
+over [low, high]. Within a level the secrets are shuffled by a seeded RNG and the first
+`heldout_fraction` of them are held out, so train and held-out never share a secret of a range.
+Ids: `guess_number/<split>/<index>` (with `@<fingerprint>` after the name under non-default params).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from dartflow.tasks.envs.parsing import excerpt, parse_integer
+from dartflow.tasks.envs.problems import IndexedProblemSource, check_params, problem_id_prefix, stable_seed
+from dartflow.tasks.envs.protocol import Problem, StepResult
+
+NAME = "guess_number"
+Feedback = Literal["higher", "lower", "correct"]
+
+
+class GuessNumberLevel(BaseModel, extra="forbid"):
+    range_size: int = Field(..., ge=2, le=100_000, description="How many integers the secret is drawn from.")
+    max_turns: int = Field(..., ge=1, le=1_000, description="Guesses allowed.")
+
+
+# Binary search needs 4, 7 and 10 guesses (binary_search_turns): one turn of slack at each level.
+DEFAULT_LEVELS = [
+    GuessNumberLevel(range_size=10, max_turns=5),
+    GuessNumberLevel(range_size=100, max_turns=8),
+    GuessNumberLevel(range_size=1000, max_turns=11),
+]
+
+
+def binary_search_turns(range_size: int) -> int:
+    """Guesses that binary search needs in the worst case over `range_size` integers."""
+    return math.ceil(math.log2(range_size + 1))
+
+
+class GuessNumberParams(BaseModel, extra="forbid"):
+    levels: list[GuessNumberLevel] = Field(
+        default_factory=lambda: list(DEFAULT_LEVELS), min_length=1, description="Difficulty levels, easiest first."
+    )
+    low: int = Field(1, ge=-(10**9), le=10**9, description="Smallest possible secret.")
+    high: int | None = Field(
+        None, description="Shorthand for one level over [low, high] instead of `levels`: the largest possible secret."
+    )
+    max_turns: int | None = Field(
+        None, ge=1, le=1_000, description="Guesses allowed with `high` (default: what binary search needs, plus one)."
+    )
+    turn_cost: float = Field(0.0, ge=0, le=1, description="Subtracted from the reward of every step.")
+    invalid_action_penalty: float = Field(0.0, ge=0, le=1, description="Subtracted again for an invalid guess.")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
+    seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
+
+    @model_validator(mode="after")
+    def _high_is_one_level(self) -> "GuessNumberParams":
+        if self.high is None:
+            if self.max_turns is not None:
+                raise ValueError("max_turns goes with high (one level over [low, high]); levels set their own")
+            return self
+        if "levels" in self.model_fields_set:
+            raise ValueError("give either high (one level over [low, high]) or levels, not both")
+        range_size = self.high - self.low + 1
+        if not 2 <= range_size <= 100_000:
+            raise ValueError(f"high - low + 1 must be in [2, 100000], got {range_size} (low={self.low}, high={self.high})")
+        max_turns = self.max_turns or binary_search_turns(range_size) + 1
+        self.levels = [GuessNumberLevel(range_size=range_size, max_turns=max_turns)]
+        return self
+
+    def problem_defining(self) -> dict[str, Any]:
+        """The params that change which problems exist (reward shaping does not; `high` is in levels)."""
+        return self.model_dump(include={"levels", "low", "heldout_fraction", "seed"})
+
+
+# ---- rules ---------------------------------------------------------------------------------------
+
+
+def judge_guess(secret: int, guess: int) -> Feedback:
+    """Where the secret lies relative to the guess."""
+    if guess == secret:
+        return "correct"
+    return "higher" if secret > guess else "lower"
+
+
+def step_reward(solved: bool, valid: bool, turn_cost: float, invalid_action_penalty: float) -> float:
+    return (1.0 if solved else 0.0) - turn_cost - (0.0 if valid else invalid_action_penalty)
+
+
+@dataclass
+class Episode:
+    low: int
+    high: int
+    secret: int
+    max_turns: int
+    turns_used: int = 0
+    solved: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.solved or self.turns_used >= self.max_turns
+
+    @property
+    def turns_left(self) -> int:
+        return self.max_turns - self.turns_used
+
+
+def _plural(count: int) -> str:
+    return f"{count} guess" if count == 1 else f"{count} guesses"
+
+
+def intro(episode: Episode) -> str:
+    return (
+        f"I am thinking of an integer between {episode.low} and {episode.high} (inclusive). "
+        f"Find it in at most {_plural(episode.max_turns)}. After each guess I answer whether the number "
+        f"is higher or lower. Reply with your guess only: one integer, e.g. {(episode.low + episode.high) // 2}."
+    )
+
+
+def play_turn(episode: Episode, action_text: str) -> tuple[str, bool, Feedback | None]:
+    """Apply one action to the episode (mutates it); returns (observation, valid, feedback)."""
+    episode.turns_used += 1
+    guess = parse_integer(action_text)
+    if guess is None or not episode.low <= guess <= episode.high:
+        what = f"{excerpt(action_text)} is not a guess" if guess is None else f"{guess} is outside the range"
+        message = f"Invalid guess: {what}. Reply with one integer between {episode.low} and {episode.high}."
+        return _with_turns_left(message, episode), False, None
+    feedback = judge_guess(episode.secret, guess)
+    if feedback == "correct":
+        episode.solved = True
+        return f"Correct! The number is {episode.secret}. Solved in {_plural(episode.turns_used)}.", True, feedback
+    message = f"{guess} is too {'low' if feedback == 'higher' else 'high'}: the number is {feedback}."
+    return _with_turns_left(message, episode), True, feedback
+
+
+def _with_turns_left(message: str, episode: Episode) -> str:
+    if episode.done:
+        return f"{message} No guesses left: the number was {episode.secret}."
+    return f"{message} {_plural(episode.turns_left)} left."
+
+
+# ---- problems ------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _shuffled_offsets(seed: int, low: int, range_size: int) -> tuple[int, ...]:
+    # Keyed on the range, not the level: two levels over the same range split its secrets alike.
+    offsets = list(range(range_size))
+    random.Random(stable_seed(NAME, seed, low, range_size)).shuffle(offsets)
+    return tuple(offsets)
+
+
+class GuessNumberProblems(IndexedProblemSource):
+    def __init__(self, params: GuessNumberParams):
+        self.params = params
+        self.prefix = problem_id_prefix(NAME, params.problem_defining(), GuessNumberParams().problem_defining())
+        # At least one secret of each range in each split, whatever the fraction.
+        self._heldout_counts = [
+            min(level.range_size - 1, max(1, round(level.range_size * params.heldout_fraction))) for level in params.levels
+        ]
+        self._starts: dict[str, list[int]] = {}  # split -> first index of each level
+        sizes = {}
+        for split in ("train", "heldout"):
+            counts = [self._level_count(split, level) for level in range(len(params.levels))]
+            self._starts[split] = [sum(counts[:level]) for level in range(len(counts))]
+            sizes[split] = sum(counts)
+        super().__init__(sizes, self._build)
+
+    def _level_count(self, split: str, level: int) -> int:
+        heldout = self._heldout_counts[level]
+        return heldout if split == "heldout" else self.params.levels[level].range_size - heldout
+
+    def _build(self, split: str, index: int) -> Problem:
+        level = bisect.bisect_right(self._starts[split], index) - 1
+        position = index - self._starts[split][level]
+        spec = self.params.levels[level]
+        if split == "train":
+            position += self._heldout_counts[level]
+        secret = self.params.low + _shuffled_offsets(self.params.seed, self.params.low, spec.range_size)[position]
+        return Problem(
+            problem_id=f"{self.prefix}/{split}/{index}",
+            environment=NAME,
+            split=split,
+            difficulty=float(level),
+            params={
+                "low": self.params.low,
+                "high": self.params.low + spec.range_size - 1,
+                "secret": secret,
+                "max_turns": spec.max_turns,
+                "level": level,
+            },
+            max_turns=spec.max_turns,
+        )
+
+
+# ---- environment ---------------------------------------------------------------------------------
+
+
+class GuessNumberEnv:
+    name: ClassVar[str] = NAME
+    action_format: ClassVar[str] = (
+        "One integer: ASCII digits with an optional sign, optionally surrounded by whitespace and followed "
+        "by one period, e.g. `42`. Anything else (words, several numbers, out of range) is an invalid "
+        "guess: it uses up a turn and says what was wrong."
+    )
+
+    def __init__(self, **params: Any):
+        self.params = self.check_params(params)
+        self._episode: Episode | None = None
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> GuessNumberParams:
+        return check_params(GuessNumberParams, NAME, params)
+
+    @classmethod
+    def problem_source(cls, **params: Any) -> GuessNumberProblems:
+        return GuessNumberProblems(cls.check_params(params))
+
+    def reset(self, problem: Problem) -> str:
+        p = problem.params
+        if not p["low"] <= p["secret"] <= p["high"] or p["max_turns"] < 1:
+            raise ValueError(f"{problem.problem_id}: inconsistent problem params {p}")
+        self._episode = Episode(low=p["low"], high=p["high"], secret=p["secret"], max_turns=p["max_turns"])
+        return intro(self._episode)
+
+    def step(self, action_text: str) -> StepResult:
+        episode = self._episode
+        if episode is None or episode.done:
+            info = {"invalid_action": True, "episode_over": True, "success": bool(episode and episode.solved)}
+            return StepResult("The episode is over: no more guesses are taken.", 0.0, True, info)
+        observation, valid, feedback = play_turn(episode, action_text)
+        reward = step_reward(episode.solved, valid, self.params.turn_cost, self.params.invalid_action_penalty)
+        info: dict[str, Any] = {"invalid_action": not valid, "feedback": feedback, "turn": episode.turns_used}
+        if episode.done:
+            info["success"] = episode.solved
+        return StepResult(observation, reward, episode.done, info)
+
+    def close(self) -> None:
+        self._episode = None

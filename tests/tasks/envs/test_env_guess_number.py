@@ -1,0 +1,178 @@
+"""guess_number: the rules against hand-computed episodes, bad actions, problems, ids and splits."""
+
+import random
+
+import pytest
+
+from dartflow.tasks.envs.guess_number import GuessNumberEnv, judge_guess, step_reward
+from dartflow.tasks.envs.protocol import Environment, Problem, ProblemSource
+from dartflow.tasks.envs.registry import EnvironmentConfigError, make_environment, make_problem_source
+
+
+def problem(secret=37, low=1, high=100, max_turns=7):
+    params = {"low": low, "high": high, "secret": secret, "max_turns": max_turns, "level": 1}
+    return Problem("guess_number/train/0", "guess_number", "train", 1.0, params, max_turns)
+
+
+def binary_search(env, low, high):
+    """Plays an episode to its end; returns the step results."""
+    results = []
+    while True:
+        guess = (low + high) // 2
+        result = env.step(str(guess))
+        results.append(result)
+        if result.done:
+            return results
+        low, high = (guess + 1, high) if result.info["feedback"] == "higher" else (low, guess - 1)
+
+
+def test_judge_guess_says_where_the_secret_lies():
+    assert judge_guess(37, 50) == "lower"
+    assert judge_guess(37, 20) == "higher"
+    assert judge_guess(37, 37) == "correct"
+
+
+def test_step_reward_combines_success_turn_cost_and_penalty():
+    assert step_reward(True, True, 0.0, 0.0) == 1.0
+    assert step_reward(False, True, 0.01, 0.5) == pytest.approx(-0.01)
+    assert step_reward(False, False, 0.01, 0.5) == pytest.approx(-0.51)
+
+
+def test_hand_played_episode_gets_feedback_and_reward_one():
+    env = GuessNumberEnv()
+    assert isinstance(env, Environment)
+    observation = env.reset(problem(secret=37))
+    assert "between 1 and 100" in observation and "7 guesses" in observation
+    first = env.step("50")
+    assert first == (first.observation, 0.0, False, {"invalid_action": False, "feedback": "lower", "turn": 1})
+    assert first.observation == "50 is too high: the number is lower. 6 guesses left."
+    second = env.step(" 25.\n")
+    assert second.observation == "25 is too low: the number is higher. 5 guesses left."
+    last = env.step("37")
+    assert (last.reward, last.done, last.info["success"]) == (1.0, True, True)
+    assert last.observation == "Correct! The number is 37. Solved in 3 guesses."
+
+
+def test_running_out_of_turns_ends_with_zero_and_reveals_the_secret():
+    env = GuessNumberEnv()
+    env.reset(problem(secret=37, max_turns=2))
+    assert not env.step("1").done
+    last = env.step("2")
+    assert (last.reward, last.done, last.info["success"]) == (0.0, True, False)
+    assert last.observation.endswith("No guesses left: the number was 37.")
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["", "   ", "fifty", "I guess 50", "50 60", "5O", "1e3", "50.0", "1,000", "٥٠", "５０", "🙂", "-", "+-3", "9" * 10_000],
+)
+def test_unparseable_guess_uses_a_turn_and_says_what_is_expected(action):
+    env = GuessNumberEnv(invalid_action_penalty=0.25, turn_cost=0.01)
+    env.reset(problem(secret=37))
+    result = env.step(action)
+    assert result.done is False
+    assert result.reward == pytest.approx(-0.26)
+    assert result.info["invalid_action"] is True
+    assert "Invalid guess" in result.observation and "one integer between 1 and 100" in result.observation
+    assert "6 guesses left" in result.observation
+    assert len(result.observation) < 200  # a huge action is not echoed back whole
+
+
+@pytest.mark.parametrize("action", ["0", "101", "-5", "99999999999999999999999999"])
+def test_out_of_range_guess_is_invalid_and_names_the_range(action):
+    env = GuessNumberEnv()
+    env.reset(problem(secret=37))
+    result = env.step(action)
+    assert result.info["invalid_action"] is True
+    assert f"{int(action)} is outside the range" in result.observation
+
+
+def test_steps_after_the_end_or_before_reset_are_answered_not_raised():
+    env = GuessNumberEnv()
+    early = env.step("5")
+    assert early.done and early.info["episode_over"]
+    env.reset(problem(secret=5, low=1, high=10, max_turns=3))
+    assert env.step("5").info["success"]
+    late = env.step("5")
+    assert late.done and late.reward == 0.0 and late.info["episode_over"] and late.info["success"]
+
+
+def test_binary_search_solves_every_default_heldout_problem_within_its_turn_limit():
+    source = make_problem_source("guess_number")
+    env = make_environment("guess_number")
+    for p in source.heldout(source.size("heldout")):
+        env.reset(p)
+        results = binary_search(env, p.params["low"], p.params["high"])
+        assert results[-1].info["success"], p
+        assert len(results) <= p.max_turns
+
+
+def test_problems_are_deterministic_and_ids_stable():
+    a, b = make_problem_source("guess_number"), make_problem_source("guess_number")
+    assert isinstance(a, ProblemSource)
+    assert [a.problem("train", i) for i in range(50)] == [b.problem("train", i) for i in range(50)]
+    assert a.problem("train", 17).problem_id == "guess_number/train/17"
+    assert a.problem("heldout", 3).problem_id == "guess_number/heldout/3"
+    assert a.sample(random.Random(5)) == b.sample(random.Random(5))
+    assert a.heldout(4) == [a.problem("heldout", i) for i in range(4)]
+
+
+def test_pinned_problems_do_not_change_across_versions():
+    # Recorded once: a change here would silently change what every stored problem id means.
+    source = make_problem_source("guess_number")
+    assert source.problem("train", 0).params == {"low": 1, "high": 10, "secret": 5, "max_turns": 5, "level": 0}
+    assert source.problem("heldout", 0).params["secret"] == 1
+
+
+def test_splits_are_disjoint_cover_every_secret_and_follow_the_levels():
+    source = make_problem_source("guess_number")
+    assert (source.size("train"), source.size("heldout")) == (888, 222)
+    seen = {}
+    for split in ("train", "heldout"):
+        for index in range(source.size(split)):
+            p = source.problem(split, index)
+            key = (p.params["high"], p.params["secret"])
+            assert key not in seen, f"{key} in {seen.get(key)} and {split}"
+            seen[key] = split
+            assert p.difficulty == p.params["level"] and p.max_turns == [5, 8, 11][p.params["level"]]
+    assert len(seen) == 10 + 100 + 1000
+
+
+def test_custom_levels_get_a_fingerprinted_id_and_their_own_sizes():
+    params = {"levels": [{"range_size": 4, "max_turns": 2}], "low": 0, "heldout_fraction": 0.5}
+    source = make_problem_source("guess_number", params)
+    assert (source.size("train"), source.size("heldout")) == (2, 2)
+    p = source.problem("train", 1)
+    assert p.problem_id.startswith("guess_number@") and p.problem_id.endswith("/train/1")
+    assert 0 <= p.params["secret"] <= 3 and p.params["high"] == 3
+    # reward shaping does not change which problems exist, so it keeps the default ids
+    assert make_problem_source("guess_number", {"turn_cost": 0.1}).problem("train", 1).problem_id == "guess_number/train/1"
+    with pytest.raises(IndexError, match=r"\[0, 2\)"):
+        source.problem("train", 2)
+
+
+def test_high_is_shorthand_for_one_level_with_binary_search_turns_plus_one():
+    source = make_problem_source("guess_number", {"low": 1, "high": 16})
+    assert (source.size("train"), source.size("heldout")) == (13, 3)
+    assert {source.problem("train", i).max_turns for i in range(13)} == {6}  # log2(17) -> 5 guesses, + 1
+    same = make_problem_source("guess_number", {"levels": [{"range_size": 16, "max_turns": 6}]})
+    assert [same.problem("train", i) for i in range(13)] == [source.problem("train", i) for i in range(13)]
+    assert make_problem_source("guess_number", {"high": 16, "max_turns": 4}).problem("train", 0).max_turns == 4
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"high": 16, "levels": [{"range_size": 4, "max_turns": 2}]}, "either high .* or levels, not both"),
+        ({"low": 5, "high": 5}, "high - low . 1 must be in .2, 100000., got 1"),
+        ({"max_turns": 3}, "max_turns goes with high"),
+        ({"levls": []}, "unknown parameter 'levls'"),
+        ({"levels": []}, "parameter 'levels'"),
+        ({"levels": [{"range_size": 1, "max_turns": 3}]}, "parameter 'levels.0.range_size'"),
+        ({"turn_cost": -1}, "parameter 'turn_cost'"),
+        ({"heldout_fraction": 1.0}, "parameter 'heldout_fraction'"),
+    ],
+)
+def test_bad_params_name_the_param(params, message):
+    with pytest.raises(EnvironmentConfigError, match=message):
+        GuessNumberEnv(**params)
