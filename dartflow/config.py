@@ -168,7 +168,13 @@ class StorageConfig(_Section):
         None, description="LanceDB URI of the trajectory store (any LanceDB URI); default <work_dir>/lancedb."
     )
     compact_every_appends: int = Field(
-        64, ge=1, le=1_000_000, description="Compact the trajectory table after this many appends."
+        64, ge=0, le=1_000_000, description="Compact the trajectory table after this many appends (0 = never)."
+    )
+    keep_versions_hours: float | None = Field(
+        1.0,
+        gt=0,
+        description="Time travel window: compaction prunes table versions older than this (null = keep all; "
+        "LanceDB keeps a full copy per compacted version, so disk grows fast without pruning).",
     )
 
 

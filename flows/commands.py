@@ -77,7 +77,7 @@ def _open_existing_store(config: RunConfig, run_id: str | None = None):
 
     if "://" not in config.store_uri and not Path(config.store_uri).exists():
         raise FileNotFoundError(f"no trajectory store at {config.store_uri} (has this run written anything yet?)")
-    return TrajectoryStore(config.store_uri, run_id=run_id, compact_every_appends=0)
+    return TrajectoryStore(config.store_uri, run_id=run_id, compact_every_appends=0)  # read-only use
 
 
 def store_stats(config: RunConfig) -> int:
