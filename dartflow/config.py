@@ -153,6 +153,13 @@ class TrainingConfig(_Section):
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen reference policy.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus.")
     checkpoint_keep: int = Field(3, ge=1, le=10_000, description="Checkpoints kept (besides marked ones).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="RL learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the RL learning rate.")
+    bc_steps: int = Field(
+        0, ge=0, le=1_000_000, description="Behaviour-cloning warm-up steps on scripted demonstrations before RL."
+    )
+    bc_demonstrations: int = Field(64, ge=1, le=1_000_000, description="Scripted demonstrations generated for BC.")
+    bc_lr: float | None = Field(None, gt=0, le=1, description="Learning rate of BC steps (null: lr).")
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> "TrainingConfig":
@@ -161,6 +168,12 @@ class TrainingConfig(_Section):
                 f"micro_batch_size ({self.micro_batch_size}) must not exceed batch_size ({self.batch_size})"
             )
         return self
+
+
+class EvaluationConfig(_Section):
+    every_versions: int = Field(5, ge=0, le=1_000_000, description="Held-out evaluation every N versions (0 = only at start and end).")
+    heldout_problems: int = Field(32, ge=1, le=100_000, description="Held-out problems per environment in each evaluation.")
+    temperature: float = Field(0.0, ge=0, le=5, description="Sampling temperature of evaluation (0 = greedy).")
 
 
 class StorageConfig(_Section):
@@ -183,6 +196,9 @@ class TrackingConfig(_Section):
         None, description="MLflow tracking URI; default a SQLite store under <work_dir>/mlflow."
     )
     experiment: str = Field("dartflow", min_length=1, description="MLflow experiment name.")
+    checkpoint_artifact_every: int = Field(
+        10, ge=0, le=1_000_000, description="Log a checkpoint as an MLflow artifact every N versions (0 = only the final one)."
+    )
     model_name: str = Field(
         "dartflow-policy", pattern=r"^[\w.\-]+$", description="Registered model name in the MLflow registry."
     )
@@ -203,6 +219,7 @@ class RunConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

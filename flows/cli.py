@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(quickstart)
 
+    train = commands.add_parser(
+        "train",
+        help="train a policy: environment cluster, vLLM rollouts and trainer under a Prefect flow",
+        description="Run the train flow: BC warm-up (if configured), then asynchronous RL (or the synchronous "
+        "baseline), with held-out evaluation; tracked in MLflow, visible in the Prefect UI.",
+    )
+    train.add_argument("--mode", choices=["async", "sync"], default="async", help="async (default) or the sync baseline")
+    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    _add_config_args(train)
+
     config = commands.add_parser("config", help="show or check a run config", description="Run config tools.")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -148,6 +158,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.model_command == "tiny":
             return commands.model_tiny(args)
         return commands.model_smollm2(args)
+    if args.command == "train":
+        from dartflow.flows.train import run_train
+
+        summary = run_train(commands.load(args), mode=args.mode, resume=args.resume)
+        print(f"done: {summary}")
+        return 0
     if args.command == "quickstart":
         return commands.quickstart(commands.load(args))
     if args.command == "store":

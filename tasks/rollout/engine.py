@@ -109,8 +109,11 @@ class RolloutEngine:
         self.num_in_flight = 0
 
     @classmethod
-    def from_config(cls, config: RunConfig, model_dir: str | os.PathLike | None = None) -> RolloutEngine:
-        """The engine a run config describes (model folder: `model_dir` or the config's)."""
+    def from_config(
+        cls, config: RunConfig, model_dir: str | os.PathLike | None = None, *, policy_version: int = 0
+    ) -> RolloutEngine:
+        """The engine a run config describes (model folder: `model_dir` or the config's), serving
+        `policy_version` (the version of the checkpoint in `model_dir`)."""
         return cls(
             model_dir if model_dir is not None else config.model_dir,
             engine=config.rollout.engine,
@@ -118,6 +121,7 @@ class RolloutEngine:
             max_context_tokens=config.rollout.max_context_tokens,
             in_flight_on_swap=config.rollout.in_flight_on_swap,
             seed=config.seed,
+            policy_version=policy_version,
         )
 
     # ---- lifecycle --------------------------------------------------------------------------

@@ -1,0 +1,403 @@
+"""The train flow: environment cluster, rollout service and trainer overlapping under Prefect.
+
+    rollout (one long task run) ──► store ──► train v0 ─► train v1 ─► ... (one task run per step)
+         ▲                                        │ checkpoint v+1
+         └──────── engine.update_weights ◄────────┘
+
+In `async` mode the rollout task runs the whole time, bounded by the staleness gate; in `sync` mode
+(the baseline) it produces exactly one batch, then the trainer trains on it, with staleness 0.
+Everything is passed by id/version/path; the math lives in tasks/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dartflow.config import RunConfig, validate_config
+
+TRAIN_WHERE = "split = 'train' AND source = 'rollout'"
+
+
+def configure_prefect(config: RunConfig) -> None:
+    """Prefect's local ephemeral mode with its home under the work dir, unless a server is configured."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str((config.work_dir / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the run prints its own progress
+
+
+@dataclass
+class RunState:
+    """What the flow body shares between its tasks (all in one process and event loop)."""
+
+    config: RunConfig
+    run_dir: Path
+    trainer: Any = None
+    store: Any = None
+    engine: Any = None
+    cluster: Any = None
+    service: Any = None
+    tracker: Any = None
+    intervals: list[tuple[str, float, float]] = field(default_factory=list)  # timeline plot
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    reward_history: list[tuple[int, float]] = field(default_factory=list)
+    staleness: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    rl_done: int = 0  # RL steps done before this flow run (resume)
+    tracker_link: str = ""
+
+
+def whole_groups(batch_size: int):
+    """Curation predicate: oldest whole groups, up to batch_size rows (advantages need whole groups)."""
+
+    def select(candidates):
+        chosen, rows = [], 0
+        group_ids = candidates["group_id"].to_pylist()
+        ids = candidates["trajectory_id"].to_pylist()
+        order = list(dict.fromkeys(group_ids))
+        members: dict[str, list[str]] = {}
+        for group_id, trajectory_id in zip(group_ids, ids):
+            members.setdefault(group_id, []).append(trajectory_id)
+        for group_id in order:
+            if rows + len(members[group_id]) > batch_size:
+                break
+            chosen += members[group_id]
+            rows += len(members[group_id])
+        return chosen
+
+    return select
+
+
+async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
+    """Block (without blocking the loop) until a full batch within the staleness bound is in the store."""
+    config, trainer = state.config, state.trainer
+    needed = config.training.batch_size - config.rollout.group_size + 1  # whole groups may not fill it
+    while True:
+        batch = await asyncio.to_thread(
+            state.store.next_batch,
+            trainer.version,
+            config.rollout.max_staleness,
+            config.training.batch_size,
+            where=TRAIN_WHERE,
+            select=whole_groups(config.training.batch_size),
+        )
+        if batch.num_rows >= max(needed, 1):
+            return batch
+        await asyncio.sleep(poll_s)
+
+
+def print_progress(state: RunState, metrics: dict[str, float]) -> None:
+    trainer, config = state.trainer, state.config
+    heldout = f"{state.eval_history[-1][1]:.2f}" if state.eval_history else "  - "
+    elapsed = time.time() - state.started
+    rate = metrics.get("rollout/tokens_per_s", 0.0)
+    print(
+        f"[v{trainer.version:>4} | step {trainer.rl_steps - state.rl_done}/{config.training.steps}] "
+        f"reward {metrics.get('train/reward_mean', 0.0):.3f}  heldout {heldout}  "
+        f"staleness {metrics.get('train/staleness_mean', 0.0):.1f}  rollout {rate:,.0f} tok/s  {elapsed:,.0f}s",
+        flush=True,
+    )
+
+
+async def evaluate(state: RunState) -> float:
+    """Held-out success of the engine's current policy (greedy by default), written to the store."""
+    from dartflow.tasks.envs.registry import make_problem_source
+    from dartflow.tasks.rollout.episode import EpisodeSettings
+    from dartflow.tasks.rollout.generation import SamplingSettings
+    from dartflow.tasks.rollout.sampler import GroupSpec, ListSampler
+    from dartflow.tasks.rollout.service import RolloutService
+
+    config = state.config
+    groups = []
+    for spec in config.environments:
+        source = make_problem_source(spec.name, spec.params)
+        for problem in source.heldout(config.evaluation.heldout_problems):
+            groups.append(GroupSpec(problem, 1, params=spec.params, metadata={"evaluation_version": state.engine.policy_version}))
+    settings = EpisodeSettings.from_config(
+        config.rollout, sampling=SamplingSettings(temperature=config.evaluation.temperature, top_p=1.0)
+    )
+    service = RolloutService(
+        engine=state.engine, cluster=state.cluster, sink=state.store, sampler=ListSampler(groups),
+        settings=settings, concurrent_episodes=config.rollout.concurrent_episodes, run_id=config.run_name, seed=0,
+    )
+    started = time.time()
+    await service.run()
+    state.intervals.append(("evaluation", started, time.time()))
+    records = state.store.count(
+        f"run_id = '{config.run_name}' AND split = 'heldout' AND "
+        f"trajectory_id IN ({', '.join(repr(i) for i in service.written_ids) or 'NULL'})"
+    )
+    successes = state.store.count(
+        f"run_id = '{config.run_name}' AND success AND "
+        f"trajectory_id IN ({', '.join(repr(i) for i in service.written_ids) or 'NULL'})"
+    )
+    success = successes / max(records, 1)
+    state.eval_history.append((state.engine.policy_version, success))
+    state.tracker.log_metrics({"eval/heldout_success": success, "eval/heldout_problems": records}, step=state.engine.policy_version)
+    return success
+
+
+# ---- Prefect: the flow and its tasks -------------------------------------------------------------
+# Imported lazily (configure_prefect must set PREFECT_HOME first); built once per process.
+
+_FLOW = None
+
+
+def build_flow():
+    global _FLOW
+    if _FLOW is not None:
+        return _FLOW
+    from prefect import flow, get_run_logger, task
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.cache_policies import NONE
+    from prefect.context import get_run_context
+
+    @task(name="bc-warmup", cache_policy=NONE)
+    async def bc_warmup(state: RunState) -> int:
+        """Behaviour cloning on scripted demonstrations, so the policy learns the action format."""
+        return await asyncio.to_thread(run_bc_warmup, state)
+
+    @task(name="rollout", cache_policy=NONE)
+    async def rollout(state: RunState, num_trajectories: int | None = None) -> dict[str, float]:
+        """Episodes on the engine and environment cluster, streamed group by group into the store."""
+        started = time.time()
+        try:
+            await state.service.run(num_trajectories)
+        finally:
+            state.intervals.append(("rollout", started, time.time()))
+        return state.service.metrics()
+
+    @task(name="train-step", task_run_name="train v{version}", cache_policy=NONE)
+    async def train_step(state: RunState, version: int) -> dict[str, float]:
+        """One optimizer step on a batch within the staleness bound; publishes checkpoint version+1."""
+        batch = await wait_for_batch(state)
+        started = time.time()
+        report = await asyncio.to_thread(state.trainer.train_step, batch)
+        state.store.record_consumption(report.start_version, batch)
+        path = await asyncio.to_thread(state.trainer.save_checkpoint)
+        state.intervals.append(("training", started, time.time()))
+        swap_started = time.time()
+        swap_s = await state.engine.update_weights(state.trainer.version, path)
+        state.intervals.append(("weight swap", swap_started, time.time()))
+        state.staleness += [float(x) for x in staleness_of(batch, version)]
+        every = state.config.tracking.checkpoint_artifact_every
+        if every and state.trainer.version % every == 0:
+            await asyncio.to_thread(state.tracker.log_checkpoint, path, state.trainer.version)
+        return {**report.metrics, "train/batch_trajectories": batch.num_rows, "rollout/weight_swap_s": swap_s}
+
+    @task(name="evaluate", task_run_name="evaluate v{version}", cache_policy=NONE)
+    async def evaluate_task(state: RunState, version: int) -> float:
+        """Held-out success of policy `version`."""
+        return await evaluate(state)
+
+    @flow(name="dartflow-train", flow_run_name="{run_name}", log_prints=False)
+    async def train_flow(config: dict, run_name: str, mode: str = "async", resume: bool = False) -> dict:
+        """Train a policy with asynchronous RL (or the synchronous baseline)."""
+        run_config = validate_config(config)
+        flow_run_id = str(get_run_context().flow_run.id)
+        state = await asyncio.to_thread(open_run, run_config, resume, flow_run_id)
+        try:
+            await create_markdown_artifact(
+                markdown=state.tracker_link, key="mlflow-run", description="The MLflow run of this flow run"
+            )
+            if not resume and run_config.training.bc_steps:
+                await bc_warmup(state)
+            await start_modules(state)
+            summary = await train_loop(state, mode, rollout, train_step, evaluate_task)
+            await create_table_artifact(table=summary_table(state, summary), key="run-summary", description="Run summary")
+            return summary
+        finally:
+            await close_run(state)
+
+    _FLOW = train_flow
+    return _FLOW
+
+
+# ---- the flow body's steps (plain functions: the tasks above call them) ----------------------------
+
+
+def staleness_of(batch, trainer_version: int) -> list[int]:
+    return [trainer_version - v for v in batch["min_policy_version"].to_pylist()]
+
+
+def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
+    """Stores, tracker, and a trainer: fresh from the base policy, or resumed from the latest checkpoint."""
+    import json
+
+    from dartflow.flows.stores import open_trajectory_store
+    from dartflow.storage.tracking import RunTracker, run_link_markdown
+    from dartflow.tasks.models.prepare import ensure_policy_model
+    from dartflow.tasks.training.checkpoints import latest_checkpoint
+    from dartflow.tasks.training.trainer import Trainer
+
+    run_dir = config.work_dir / "runs" / config.run_name
+    checkpoint_root = run_dir / "checkpoints"
+    run_file = run_dir / "run.json"
+    state = RunState(config=config, run_dir=run_dir)
+    has_checkpoint = latest_checkpoint(checkpoint_root) is not None
+    if resume and not has_checkpoint:
+        raise FileNotFoundError(f"--resume: run '{config.run_name}' has no checkpoint under {checkpoint_root}")
+    if not resume and (has_checkpoint or run_file.exists()):
+        raise FileExistsError(
+            f"run '{config.run_name}' already exists in {run_dir}: pass --resume to continue it, "
+            "or choose another run_name"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"prefect.flow_run_id": flow_run_id, "dartflow.run_name": config.run_name}
+    if resume:
+        saved = json.loads(run_file.read_text())
+        state.tracker = RunTracker.resume(config.mlflow_uri, saved["mlflow_run_id"], tags=tags)
+        state.trainer = Trainer.resume(checkpoint_root, config.training)
+    else:
+        model_dir, _ = ensure_policy_model(config.model, config.model_dir)
+        state.tracker = RunTracker(config.mlflow_uri, config.tracking.experiment, config.run_name, tags=tags)
+        state.tracker.log_config(config.model_dump(mode="json"))
+        run_file.write_text(json.dumps({"mlflow_run_id": state.tracker.run_id, "first_flow_run_id": flow_run_id}))
+        state.trainer = Trainer(model_dir, config.training, checkpoint_root)
+        state.trainer.save_checkpoint(mark=True, reason="base policy")
+    state.store = open_trajectory_store(config, run_id=config.run_name)
+    state.rl_done = state.trainer.rl_steps
+    state.tracker_link = run_link_markdown(state.tracker.run_id, state.tracker.run_url())
+    return state
+
+
+def run_bc_warmup(state: RunState) -> int:
+    """Scripted demonstrations into the store, then `bc_steps` supervised steps on them."""
+    import random
+
+    from dartflow.tasks.rollout.demonstrations import scripted_demonstrations
+    from dartflow.tasks.rollout.prompts import ChatPrompter
+
+    config, trainer = state.config, state.trainer
+    prompter = ChatPrompter(trainer.tokenizer)
+    environments = [(spec.name, spec.params) for spec in config.environments]
+    records = scripted_demonstrations(
+        environments, prompter, config.training.bc_demonstrations, seed=config.seed,
+        max_turns=config.rollout.max_turns, run_id=config.run_name,
+    )
+    ids = state.store.append(records)
+    demonstrations = state.store._fetch_by_ids(ids, list(state.store._columns(None)))  # same rows, from the store
+    rng = random.Random(config.seed)
+    started = time.time()
+    for _ in range(config.training.bc_steps):
+        rows = sorted(rng.sample(range(demonstrations.num_rows), min(config.training.batch_size, demonstrations.num_rows)))
+        report = trainer.bc_step(demonstrations.take(rows))
+        state.tracker.log_metrics({k.replace("train/", "bc/"): v for k, v in report.metrics.items()}, step=trainer.version)
+    state.intervals.append(("bc warm-up", started, time.time()))
+    trainer.save_checkpoint(mark=True, reason="after behaviour cloning")
+    print(f"bc warm-up: {config.training.bc_steps} steps on {len(ids)} scripted demonstrations -> version {trainer.version}")
+    return trainer.version
+
+
+async def start_modules(state: RunState) -> None:
+    """The engine on the latest checkpoint, the environment cluster, the rollout service."""
+    from dartflow.tasks.envs.cluster import EnvironmentCluster
+    from dartflow.tasks.rollout.engine import RolloutEngine
+    from dartflow.tasks.rollout.service import RolloutService
+    from dartflow.tasks.training.checkpoints import latest_checkpoint
+
+    config, trainer = state.config, state.trainer
+    checkpoint = latest_checkpoint(trainer.checkpoint_root)
+    print(f"starting the rollout engine on {checkpoint} and {config.cluster.num_workers} environment workers")
+    state.engine = RolloutEngine.from_config(config, model_dir=checkpoint, policy_version=trainer.version)
+    state.cluster = EnvironmentCluster.from_config(config)
+    await asyncio.gather(state.engine.start(), state.cluster.start())
+    state.service = RolloutService.from_config(
+        config, engine=state.engine, cluster=state.cluster, store=state.store,
+        trainer_version=lambda: state.trainer.version,
+        already_produced=trainer.version * config.training.batch_size,
+    )
+
+
+async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_task) -> dict:
+    config, trainer = state.config, state.trainer
+    target = state.rl_done + config.training.steps
+    first_eval = await evaluate_task(state, trainer.version)
+    print(f"held-out success at version {trainer.version}: {first_eval:.3f}")
+    background = asyncio.create_task(rollout(state)) if mode == "async" else None
+    try:
+        while trainer.rl_steps < target:
+            if background is not None and background.done():
+                background.result()  # a failed rollout fails the run
+                raise RuntimeError("the rollout task ended before training finished")
+            if mode == "sync":
+                await rollout(state, config.training.batch_size)
+            metrics = await train_step(state, trainer.version)
+            metrics.update(state.service.metrics())
+            metrics.update(state.cluster.stats().to_metrics())
+            state.tracker.log_metrics(metrics, step=trainer.version)
+            state.reward_history.append((trainer.version, metrics.get("train/reward_mean", 0.0)))
+            every = config.evaluation.every_versions
+            if every and trainer.rl_steps % every == 0 and trainer.rl_steps < target:
+                await evaluate_task(state, trainer.version)
+            print_progress(state, metrics)
+    finally:
+        if background is not None:
+            state.service.stop()
+            await asyncio.gather(background, return_exceptions=True)
+    last_eval = await evaluate_task(state, trainer.version)
+    print(f"held-out success at version {trainer.version}: {last_eval:.3f} (was {first_eval:.3f})")
+    return {"final_version": trainer.version, "heldout_before": first_eval, "heldout_after": last_eval}
+
+
+def summary_table(state: RunState, summary: dict) -> list[dict[str, str]]:
+    from dartflow.storage.tracking import summary_rows
+
+    return summary_rows(state.tracker.latest_metrics(), {**summary, "mlflow_run_id": state.tracker.run_id})
+
+
+async def close_run(state: RunState) -> None:
+    """Stop modules, log plots and the final policy, end the MLflow run. Safe after any failure."""
+    failed = False
+    for closer in (getattr(state.service, "close", None),):
+        if closer is not None:
+            closer()
+    if state.cluster is not None:
+        await state.cluster.close()
+    if state.engine is not None:
+        await state.engine.shutdown()
+    if state.tracker is None:
+        return
+    try:
+        await asyncio.to_thread(finish_tracking, state)
+    except Exception as error:  # the run's data is safe in the stores; say what failed
+        failed = True
+        print(f"dartflow: logging the final plots/policy failed: {error}")
+    state.tracker.end("FINISHED" if not failed else "FAILED")
+
+
+def finish_tracking(state: RunState) -> None:
+    from dartflow.storage.plots import reward_success_figure, staleness_histogram_figure, timeline_figure
+
+    config, tracker, trainer = state.config, state.tracker, state.trainer
+    if state.reward_history:
+        versions, rewards = zip(*state.reward_history)
+        evals = list(zip(*state.eval_history)) if state.eval_history else [[], []]
+        tracker.log_figure(reward_success_figure(versions, rewards, eval_versions=evals[0], success=evals[1]), "reward_success.png")
+        tracker.log_figure(staleness_histogram_figure(state.staleness, max_staleness=config.rollout.max_staleness), "staleness.png")
+    if state.intervals:
+        tracker.log_figure(timeline_figure(state.intervals), "timeline.png")
+    path = trainer.save_checkpoint(mark=True, reason="final")
+    tracker.log_checkpoint(path, trainer.version)
+    version = tracker.log_policy_and_register(path, config.tracking.model_name, alias="candidate")
+    print(f"registered {config.tracking.model_name} version {version} (alias candidate) in MLflow")
+
+
+def run_train(config: RunConfig, *, mode: str = "async", resume: bool = False) -> dict:
+    """Entry point of `dartflow train`: runs the Prefect flow in this process."""
+    if mode not in ("async", "sync"):
+        raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+    if mode == "sync":
+        config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"max_staleness": 0})})
+    configure_prefect(config)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    train_flow = build_flow()
+    return asyncio.run(
+        train_flow(config=config.model_dump(mode="json"), run_name=config.run_name, mode=mode, resume=resume)
+    )
