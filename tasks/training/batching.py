@@ -1,0 +1,146 @@
+"""From an Arrow batch of trajectories (storage/schema.py) to padded tensors with loss masks.
+
+Multi-turn credit: the trajectory's advantage goes to every token the agent generated, in every
+turn; prompt and observation tokens are in the input but masked out of the loss.
+
+Each turn's `prompt_token_ids` is the whole context the engine was given (history included), and
+the behaviour log-probs were computed on exactly that context. When turn k+1's prompt starts with
+turn k's prompt + response (the usual case with a chat template), the turns are merged into one
+sequence and trained in one forward pass; when it does not (the history was re-tokenized
+differently, or truncated), the turn starts a new sequence, so every token is always scored on the
+context it was sampled from.
+
+Sequences are right-padded: with causal attention a real token never attends to the pad tokens
+after it, so no padding mask is needed and positions are the plain 0..T-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    """One forward pass worth of tokens of one trajectory."""
+
+    row: int  # trajectory row in the batch
+    token_ids: np.ndarray  # (T,) int64
+    agent_mask: np.ndarray  # (T,) bool: the agent sampled this token (and it has a prefix)
+    behavior_logprobs: np.ndarray  # (T,) float32, 0 off the agent tokens
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """The sequences of a few trajectories, right-padded. Token-aligned: column t is token t."""
+
+    input_ids: torch.Tensor  # (B, T) int64
+    loss_mask: torch.Tensor  # (B, T) bool: token t is an agent token (predicted from column t-1)
+    behavior_logprobs: torch.Tensor  # (B, T) float32, 0 off the mask
+    advantages: torch.Tensor  # (B, T) float32, the trajectory's advantage on its agent tokens
+    rows: torch.Tensor  # (B,) int64: trajectory row in the batch of each sequence
+    lengths: torch.Tensor  # (B,) int64: tokens of each sequence before padding
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    @property
+    def num_input_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def num_padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def _nested_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list<list<x>> column as (turn offsets per row (n+1,), offsets per turn, flat values)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    turns = array.values  # offsets below are absolute into these children, also for a slice
+    return array.offsets.to_numpy(), turns.offsets.to_numpy(), turns.values.to_numpy(zero_copy_only=False)
+
+
+def trajectory_sequences(table: pa.Table) -> list[TokenSequence]:
+    """Every trajectory of `table` as one sequence, or several when its turns are not prefixes."""
+    row_turns, prompt_offsets, prompt_values = _nested_lists(table["prompt_token_ids"])
+    _, response_offsets, response_values = _nested_lists(table["response_token_ids"])
+    _, logprob_offsets, logprob_values = _nested_lists(table["behavior_logprobs"])
+    sequences: list[TokenSequence] = []
+    for row in range(table.num_rows):
+        pieces: list[tuple[np.ndarray, bool, np.ndarray | None]] = []
+        context = np.zeros(0, dtype=np.int64)  # tokens of the sequence being built
+        for turn in range(row_turns[row], row_turns[row + 1]):
+            prompt = prompt_values[prompt_offsets[turn] : prompt_offsets[turn + 1]].astype(np.int64)
+            response = response_values[response_offsets[turn] : response_offsets[turn + 1]].astype(np.int64)
+            behavior = logprob_values[logprob_offsets[turn] : logprob_offsets[turn + 1]]
+            extends = pieces and prompt.size >= context.size and np.array_equal(prompt[: context.size], context)
+            if pieces and not extends:
+                sequences.append(_assemble(row, pieces))
+                pieces, context = [], np.zeros(0, dtype=np.int64)
+            new_context = prompt[context.size :]
+            pieces += [(new_context, False, None), (response, True, behavior)]
+            context = np.concatenate([context, new_context, response])
+        if pieces:
+            sequences.append(_assemble(row, pieces))
+    return sequences
+
+
+def _assemble(row: int, pieces: list[tuple[np.ndarray, bool, np.ndarray | None]]) -> TokenSequence:
+    token_ids = np.concatenate([tokens for tokens, _, _ in pieces])
+    agent_mask = np.concatenate([np.full(tokens.size, is_agent) for tokens, is_agent, _ in pieces])
+    behavior = np.concatenate(
+        [np.zeros(tokens.size, np.float32) if lp is None else lp.astype(np.float32) for tokens, _, lp in pieces]
+    )
+    agent_mask[:1] = False  # the first token has no prefix to be predicted from
+    return TokenSequence(row, token_ids, agent_mask, behavior)
+
+
+def collate(sequences: list[TokenSequence], advantages: torch.Tensor, pad_token_id: int) -> MicroBatch:
+    """Right-pad `sequences` into one MicroBatch; `advantages` (n,) is indexed by trajectory row."""
+    width = max(seq.token_ids.size for seq in sequences)
+    input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)  # (B, T)
+    loss_mask = np.zeros((len(sequences), width), dtype=bool)  # (B, T)
+    behavior = np.zeros((len(sequences), width), dtype=np.float32)  # (B, T)
+    for i, seq in enumerate(sequences):
+        input_ids[i, : seq.token_ids.size] = seq.token_ids
+        loss_mask[i, : seq.token_ids.size] = seq.agent_mask
+        behavior[i, : seq.token_ids.size] = seq.behavior_logprobs
+    rows = torch.tensor([seq.row for seq in sequences], dtype=torch.int64)  # (B,)
+    loss_mask_t = torch.from_numpy(loss_mask)
+    per_sequence_advantage = advantages.to(torch.float32)[rows]  # (B,)
+    return MicroBatch(
+        input_ids=torch.from_numpy(input_ids),
+        loss_mask=loss_mask_t,
+        behavior_logprobs=torch.from_numpy(behavior),
+        advantages=per_sequence_advantage[:, None].expand(-1, width) * loss_mask_t,
+        rows=rows,
+        lengths=torch.tensor([seq.token_ids.size for seq in sequences], dtype=torch.int64),
+    )
+
+
+def build_micro_batches(
+    table: pa.Table, advantages: torch.Tensor, *, micro_batch_size: int, pad_token_id: int
+) -> list[MicroBatch]:
+    """Micro-batches of `micro_batch_size` trajectories each (their sequences), longest first.
+
+    Sorting by length keeps padding low; it changes nothing else, since the loss is a token-level
+    sum over the whole batch. `advantages`: (num_rows,), one per trajectory.
+    """
+    if advantages.shape != (table.num_rows,):
+        raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({table.num_rows},)")
+    by_row: dict[int, list[TokenSequence]] = {}
+    for seq in trajectory_sequences(table):
+        by_row.setdefault(seq.row, []).append(seq)
+    lengths = {row: sum(seq.token_ids.size for seq in seqs) for row, seqs in by_row.items()}
+    order = sorted(by_row, key=lambda row: -lengths[row])  # stable: ties keep batch order
+    chunks = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+    return [collate([seq for row in chunk for seq in by_row[row]], advantages, pad_token_id) for chunk in chunks]
+
+
+def staleness(table: pa.Table, trainer_version: int) -> np.ndarray:
+    """Versions between the trainer and the oldest token of each trajectory. Shape (n,), int64."""
+    return trainer_version - table["min_policy_version"].to_numpy().astype(np.int64)

@@ -1,0 +1,76 @@
+"""What the trainer needs to know: the run's TrainingConfig plus the knobs it does not hold yet.
+
+`TrainerSettings.from_config` reads every field by name from the config and falls back to the
+defaults below for fields the config does not have, so adding a field of the same name to
+`TrainingConfig` is all it takes to make it configurable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dartflow.tasks.training.advantages import ADVANTAGE_ESTIMATORS
+from dartflow.tasks.training.schedule import LR_SCHEDULES
+
+PROXIMAL_MODES = ("reuse", "recompute")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    # In TrainingConfig (dartflow/config.py), same names and meanings.
+    steps: int = 20
+    batch_size: int = 16
+    micro_batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip_eps: float = 0.2
+    importance_weight_cap: float = 5.0
+    advantage: str = "grpo"
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    checkpoint_keep: int = 3
+    # Not in TrainingConfig yet.
+    lr_schedule: str = "constant"  # see schedule.LR_SCHEDULES; decays over `steps` RL steps
+    warmup_steps: int = 0  # linear warm-up of the RL learning rate
+    min_lr_ratio: float = 0.0  # floor of the decayed LR, as a fraction of lr
+    # "reuse": proximal log-probs = the step's own forward pass, detached. The step makes one
+    # optimizer update per batch, so that pass runs on exactly the start-of-step weights and gives
+    # the same values as a separate no-grad pass, for free. "recompute": that separate pass (one
+    # more forward over the batch), for checking, or for a step that updates more than once.
+    proximal_logprobs: str = "reuse"
+    bc_lr: float | None = None  # constant LR of behaviour-cloning steps; None: lr
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        checks = {
+            "advantage": (self.advantage, tuple(ADVANTAGE_ESTIMATORS)),
+            "lr_schedule": (self.lr_schedule, LR_SCHEDULES),
+            "proximal_logprobs": (self.proximal_logprobs, PROXIMAL_MODES),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        if self.micro_batch_size < 1 or self.batch_size < 1:
+            raise ValueError("batch_size and micro_batch_size must be >= 1")
+
+    @classmethod
+    def from_config(cls, config: Any | None = None, **overrides: Any) -> "TrainerSettings":
+        """Settings from a TrainingConfig (any object with these attribute names), then overrides."""
+        if config is not None and not all(hasattr(config, name) for name in ("lr", "clip_eps", "importance_weight_cap")):
+            raise TypeError(
+                f"expected the run's training section (a TrainingConfig, e.g. config.training), got {type(config).__name__}"
+            )
+        present = [f.name for f in fields(cls) if config is not None and hasattr(config, f.name)]
+        values = {name: getattr(config, name) for name in present}
+        values.update(overrides)
+        if isinstance(values.get("adam_betas"), list):
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,239 @@
+"""The trainer the flow drives: batches in, policy versions and checkpoints out.
+
+    trainer = Trainer(model_dir, config.training, checkpoint_root)
+    trainer.save_checkpoint()                     # v000000: the untied folder engines start from
+    batch = store.next_batch(trainer.version, max_staleness, batch_size)
+    report = trainer.train_step(batch)            # version += 1 unless report.skipped
+    store.record_consumption(report.start_version, batch)
+    path = trainer.save_checkpoint()              # publish to the rollout engines
+    ...
+    trainer = Trainer.resume(checkpoint_root)     # after a crash: continues exactly
+
+No I/O happens inside a step; checkpoints are written only by `save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import AutoTokenizer
+
+from dartflow.tasks.training import checkpoints
+from dartflow.tasks.training.advantages import compute_advantages, group_index, zero_signal_group_fraction
+from dartflow.tasks.training.batching import MicroBatch, build_micro_batches, staleness
+from dartflow.tasks.training.bc import behaviour_cloning_step
+from dartflow.tasks.training.logprobs import head_matches_forward
+from dartflow.tasks.training.schedule import learning_rate
+from dartflow.tasks.training.settings import TrainerSettings
+from dartflow.tasks.training.step import StepOutcome, policy_gradient_step
+
+METRIC_PREFIX = "train/"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    metrics: dict[str, float]  # all names start with "train/"
+    version: int  # policy version after the step (== start_version if skipped)
+    start_version: int  # version the batch trained: what TrajectoryStore.record_consumption takes
+    skipped: bool
+    skip_reason: str | None = None
+
+
+class Trainer:
+    """Owns the policy, its AdamW optimizer, the version counter and the checkpoint folder."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        config: Any | None = None,
+        checkpoint_root: str | os.PathLike = "checkpoints",
+        *,
+        settings: TrainerSettings | None = None,
+        version: int = 0,
+        base_model_dir: str | os.PathLike | None = None,
+        tie_word_embeddings: bool | None = None,
+    ) -> None:
+        """config: a TrainingConfig (or `settings`). base_model_dir: the frozen KL reference
+        (default: model_dir). tie_word_embeddings: None keeps the folder's setting."""
+        self.settings = settings if settings is not None else TrainerSettings.from_config(config)
+        self.checkpoint_root = Path(checkpoint_root)
+        self.base_model_dir = Path(base_model_dir or model_dir).absolute()
+        self.policy = checkpoints.load_policy(model_dir, tie_word_embeddings=tie_word_embeddings)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=self.settings.lr,
+            betas=self.settings.adam_betas,
+            eps=self.settings.adam_eps,
+            weight_decay=self.settings.weight_decay,
+        )
+        self.reference = self._load_reference() if self.settings.kl_coef > 0 else None
+        self.full_logits = not head_matches_forward(self.policy)
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.max_length = getattr(self.policy.config.get_text_config(), "max_position_embeddings", None)
+        self._version = version
+        self.rl_steps = 0  # optimizer steps of RL (the LR schedule's clock)
+        self.bc_steps = 0
+        self.skipped_steps = 0
+        checkpoints.remove_partial_folders(self.checkpoint_root)
+
+    @property
+    def version(self) -> int:
+        """Policy version of the current weights: +1 per optimizer step (RL or BC)."""
+        return self._version
+
+    def _load_reference(self) -> torch.nn.Module:
+        reference = checkpoints.load_policy(self.base_model_dir)
+        reference.requires_grad_(False)
+        return reference
+
+    # ---- steps ----------------------------------------------------------------------------
+
+    def train_step(self, batch: pa.Table) -> StepReport:
+        """One decoupled-PPO step on a batch of TRAJECTORY_SCHEMA rows (any number of rows)."""
+        started = time.perf_counter()
+        rewards = torch.from_numpy(batch["reward"].to_numpy().astype(np.float64))  # (n,)
+        groups = group_index(batch["group_id"].to_pylist())  # (n,)
+        advantages = compute_advantages(rewards, groups, self.settings.advantage)  # (n,)
+        micro_batches = self._micro_batches(batch, advantages)
+        lr = learning_rate(
+            self.rl_steps,
+            base_lr=self.settings.lr,
+            schedule=self.settings.lr_schedule,
+            warmup_steps=self.settings.warmup_steps,
+            total_steps=self.settings.steps,
+            min_lr_ratio=self.settings.min_lr_ratio,
+        )
+        outcome = policy_gradient_step(
+            self.policy, self.optimizer, micro_batches, self.settings,
+            lr=lr, reference=self.reference, full_logits=self.full_logits,
+        )
+        batch_staleness = staleness(batch, self._version)
+        batch_metrics = {
+            "staleness_mean": float(batch_staleness.mean()) if batch.num_rows else 0.0,
+            "staleness_max": float(batch_staleness.max()) if batch.num_rows else 0.0,
+            "zero_signal_group_frac": zero_signal_group_fraction(rewards, groups),
+            "reward_mean": float(rewards.mean()) if batch.num_rows else 0.0,
+        }
+        if outcome.applied:
+            self.rl_steps += 1
+        return self._report(outcome, micro_batches, batch, lr, started, batch_metrics)
+
+    def bc_step(self, batch: pa.Table) -> StepReport:
+        """One behaviour-cloning step (NLL of the agent tokens) on demonstration rows."""
+        started = time.perf_counter()
+        micro_batches = self._micro_batches(batch, torch.zeros(batch.num_rows))
+        lr = self.settings.bc_lr if self.settings.bc_lr is not None else self.settings.lr
+        outcome = behaviour_cloning_step(
+            self.policy, self.optimizer, micro_batches,
+            lr=lr, max_grad_norm=self.settings.max_grad_norm, full_logits=self.full_logits,
+        )
+        if outcome.applied:
+            self.bc_steps += 1
+        return self._report(outcome, micro_batches, batch, lr, started, {})
+
+    def _micro_batches(self, batch: pa.Table, advantages: torch.Tensor) -> list[MicroBatch]:
+        micro_batches = build_micro_batches(
+            batch, advantages, micro_batch_size=self.settings.micro_batch_size, pad_token_id=self.pad_token_id
+        )
+        longest = max((mb.input_ids.shape[1] for mb in micro_batches), default=0)
+        if self.max_length is not None and longest > self.max_length:
+            raise ValueError(f"a sequence of the batch has {longest} tokens, more than the model's {self.max_length}")
+        return micro_batches
+
+    def _report(
+        self, outcome: StepOutcome, micro_batches: list[MicroBatch], batch: pa.Table, lr: float,
+        started: float, extra: dict[str, float],
+    ) -> StepReport:
+        start_version = self._version
+        if outcome.applied:
+            self._version += 1
+        else:
+            self.skipped_steps += 1
+        seconds = time.perf_counter() - started
+        input_tokens = sum(mb.num_input_tokens for mb in micro_batches)
+        metrics = {
+            **outcome.metrics,
+            **extra,
+            "lr": lr,
+            "tokens": float(sum(mb.num_loss_tokens for mb in micro_batches)),
+            "input_tokens": float(input_tokens),
+            "padded_tokens": float(sum(mb.num_padded_tokens for mb in micro_batches)),
+            "trajectories": float(batch.num_rows),
+            "skipped": float(not outcome.applied),
+            "step_seconds": seconds,
+            "input_tokens_per_s": input_tokens / seconds,
+            "version": float(self._version),
+        }
+        return StepReport(
+            metrics={METRIC_PREFIX + name: value for name, value in metrics.items()},
+            version=self._version,
+            start_version=start_version,
+            skipped=not outcome.applied,
+            skip_reason=outcome.skip_reason,
+        )
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def save_checkpoint(self, *, mark: bool = False, reason: str = "") -> Path:
+        """Write checkpoint `v{version:06d}` atomically, prune to the last `checkpoint_keep`
+        (marked ones excepted); return its folder."""
+        trainer_state = {
+            "version": self._version,
+            "rl_steps": self.rl_steps,
+            "bc_steps": self.bc_steps,
+            "skipped_steps": self.skipped_steps,
+            "tie_word_embeddings": checkpoints.is_tied(self.policy),
+            "base_model_dir": str(self.base_model_dir),
+            "settings": self.settings.to_dict(),
+        }
+        tensor_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        path = checkpoints.write_checkpoint(
+            self.checkpoint_root, self._version, self.policy, self.tokenizer,
+            trainer_state=trainer_state, tensor_state=tensor_state,
+        )
+        if mark:
+            checkpoints.mark_checkpoint(path, reason)
+        checkpoints.prune_checkpoints(self.checkpoint_root, self.settings.checkpoint_keep)
+        return path
+
+    @classmethod
+    def resume(
+        cls,
+        checkpoint_root: str | os.PathLike,
+        config: Any | None = None,
+        *,
+        version: int | None = None,
+        settings: TrainerSettings | None = None,
+    ) -> "Trainer":
+        """A trainer continuing from the newest checkpoint under `checkpoint_root` (or `version`).
+
+        Settings: `settings`, else from `config`, else the ones saved in the checkpoint.
+        """
+        if version is None:
+            path = checkpoints.latest_checkpoint(checkpoint_root)
+        else:
+            path = checkpoints.checkpoint_path(checkpoint_root, version)
+        if path is None or not path.is_dir():
+            raise FileNotFoundError(f"no checkpoint to resume from under {checkpoint_root} (version {version})")
+        saved, tensors = checkpoints.read_trainer_state(path)
+        if settings is None and config is not None:
+            settings = TrainerSettings.from_config(config)
+        elif settings is None:
+            settings = TrainerSettings.from_config(None, **saved["settings"])
+        trainer = cls(
+            path, checkpoint_root=checkpoint_root, settings=settings, version=saved["version"],
+            base_model_dir=saved["base_model_dir"], tie_word_embeddings=saved["tie_word_embeddings"],
+        )
+        trainer.optimizer.load_state_dict(tensors["optimizer"])
+        torch.set_rng_state(tensors["torch_rng"])
+        trainer.rl_steps, trainer.bc_steps = saved["rl_steps"], saved["bc_steps"]
+        trainer.skipped_steps = saved["skipped_steps"]
+        return trainer
