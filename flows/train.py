@@ -29,7 +29,8 @@ def configure_prefect(config: RunConfig) -> None:
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str((config.work_dir / "prefect").resolve()))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the run prints its own progress
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines; no phoning home  # the run prints its own progress
 
 
 @dataclass
@@ -139,7 +140,11 @@ async def evaluate(state: RunState) -> float:
     )
     success = successes / max(records, 1)
     state.eval_history.append((state.engine.policy_version, success))
-    state.tracker.log_metrics({"eval/heldout_success": success, "eval/heldout_problems": records}, step=state.engine.policy_version)
+    await asyncio.to_thread(
+        state.tracker.log_metrics,
+        {"eval/heldout_success": success, "eval/heldout_problems": records},
+        step=state.engine.policy_version,
+    )
     return success
 
 
@@ -331,7 +336,7 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
             metrics = await train_step(state, trainer.version)
             metrics.update(state.service.metrics())
             metrics.update(state.cluster.stats().to_metrics())
-            state.tracker.log_metrics(metrics, step=trainer.version)
+            await asyncio.to_thread(state.tracker.log_metrics, metrics, step=trainer.version)
             state.reward_history.append((trainer.version, metrics.get("train/reward_mean", 0.0)))
             every = config.evaluation.every_versions
             if every and trainer.rl_steps % every == 0 and trainer.rl_steps < target:
