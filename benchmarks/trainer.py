@@ -1,7 +1,7 @@
 """Benchmark of the trainer's step: training tokens/s against a bare torch loop, and peak memory.
 
     .venv/bin/python benchmarks/trainer.py            # full run, writes benchmarks/reports/trainer.md
-    .venv/bin/python benchmarks/trainer.py --quick    # smoke run (~20 s), benchmarks/out/trainer-quick.md
+    .venv/bin/python benchmarks/trainer.py --quick    # smoke run (~40 s), benchmarks/out/trainer-quick.md
 
 The same model (a tiny Llama built locally, several shapes) and the same batch of multi-turn
 trajectories (turn k+1's prompt extends turn k's context, as with a chat template) go through:
@@ -14,8 +14,10 @@ trajectories (turn k+1's prompt extends turn k's context, as with a chat templat
   (like-for-like: the trainer's own overhead).
 - trainer, proximal recompute: the same as `trainer` plus a separate no-grad forward for the
   proximal log-probs (the trainer's default reuses its one forward pass; see settings.py).
-Timing: variants interleaved round by round (the order rotates), median step time per variant
-after warm-up steps; tokens = non-padding input tokens of the batch (the same for all variants).
+Timing: variants interleaved round by round (the order rotates) after warm-up steps; the ratio
+to bare is the median over rounds of bare time / variant time within a round (robust to other
+processes' load drifting during the run); tokens/s uses the median step time, tokens = the
+batch's non-padding input tokens (the same for all variants).
 Memory: each variant again in a fresh process: peak RSS during 3 steps (getrusage ru_maxrss)
 minus the RSS just before them, i.e. activations + gradients + temporaries. A step on a
 one-trajectory batch comes first, so the model, the batch, the AdamW state and torch's one-time
@@ -279,6 +281,9 @@ def render(runs: list[dict], command: str, threads: int, warmup: int, rounds: in
         "default reuses it (`proximal_logprobs='reuse'`).",
         "- Peak memory is the same for all variants: activations (attention probabilities of the longest "
         "micro-batch dominate at these lengths) and gradients; the trainer's per-token tensors are small.",
+        "- Absolute step times swing with the load other processes put on the machine (see the min-max "
+        "column and the load average above); the ratios are paired within rounds and moved by up to ~0.1 "
+        "between runs here.",
         "",
         "## Results",
         "",

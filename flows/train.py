@@ -21,6 +21,7 @@ from typing import Any
 from dartflow.config import RunConfig, validate_config
 
 TRAIN_WHERE = "split = 'train' AND source = 'rollout'"
+MAX_CONSECUTIVE_SKIPS = 3
 
 
 def configure_prefect(config: RunConfig) -> None:
@@ -51,6 +52,8 @@ class RunState:
     staleness: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     rl_done: int = 0  # RL steps done before this flow run (resume)
+    skipped_ids: set[str] = field(default_factory=set)  # batches of skipped (non-finite) steps
+    consecutive_skips: int = 0
     tracker_link: str = ""
 
 
@@ -85,7 +88,8 @@ async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
             trainer.version,
             config.rollout.max_staleness,
             config.training.batch_size,
-            where=TRAIN_WHERE,
+            where=TRAIN_WHERE if not state.skipped_ids else
+            f"{TRAIN_WHERE} AND trajectory_id NOT IN ({', '.join(repr(i) for i in sorted(state.skipped_ids))})",
             select=whole_groups(config.training.batch_size),
         )
         if batch.num_rows >= max(needed, 1):
@@ -99,7 +103,7 @@ def print_progress(state: RunState, metrics: dict[str, float]) -> None:
     elapsed = time.time() - state.started
     rate = metrics.get("rollout/tokens_per_s", 0.0)
     print(
-        f"[v{trainer.version:>4} | step {trainer.rl_steps - state.rl_done}/{config.training.steps}] "
+        f"[v{trainer.version:>4} | step {trainer.rl_steps}/{config.training.steps}] "
         f"reward {metrics.get('train/reward_mean', 0.0):.3f}  heldout {heldout}  "
         f"staleness {metrics.get('train/staleness_mean', 0.0):.1f}  rollout {rate:,.0f} tok/s  {elapsed:,.0f}s",
         flush=True,
@@ -125,7 +129,8 @@ async def evaluate(state: RunState) -> float:
     )
     service = RolloutService(
         engine=state.engine, cluster=state.cluster, sink=state.store, sampler=ListSampler(groups),
-        settings=settings, concurrent_episodes=config.rollout.concurrent_episodes, run_id=config.run_name, seed=0,
+        settings=settings, prompter=state.service.prompter, concurrent_episodes=config.rollout.concurrent_episodes,
+        run_id=config.run_name, seed=0,
     )
     started = time.time()
     await service.run()
@@ -181,9 +186,23 @@ def build_flow():
     @task(name="train-step", task_run_name="train v{version}", cache_policy=NONE)
     async def train_step(state: RunState, version: int) -> dict[str, float]:
         """One optimizer step on a batch within the staleness bound; publishes checkpoint version+1."""
-        batch = await wait_for_batch(state)
+        # A batch already recorded for this version was consumed by a step whose checkpoint was lost
+        # (the process died in between): train on exactly that batch again, so nothing trains twice.
+        if state.store.lineage(version).num_rows:
+            batch = await asyncio.to_thread(state.store.replay, version)
+        else:
+            batch = await wait_for_batch(state)
         started = time.time()
         report = await asyncio.to_thread(state.trainer.train_step, batch)
+        if report.skipped:
+            # Weights untouched (non-finite loss/gradient): set the batch aside, give up after a few in a row.
+            state.skipped_ids.update(batch["trajectory_id"].to_pylist())
+            state.consecutive_skips += 1
+            print(f"dartflow: step at version {version} skipped ({report.skip_reason}); batch set aside", flush=True)
+            if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise RuntimeError(f"{state.consecutive_skips} training steps in a row were skipped: {report.skip_reason}")
+            return {**report.metrics, "train/batch_trajectories": batch.num_rows}
+        state.consecutive_skips = 0
         state.store.record_consumption(report.start_version, batch)
         path = await asyncio.to_thread(state.trainer.save_checkpoint)
         state.intervals.append(("training", started, time.time()))
@@ -294,6 +313,9 @@ def run_bc_warmup(state: RunState) -> int:
         rows = sorted(rng.sample(range(demonstrations.num_rows), min(config.training.batch_size, demonstrations.num_rows)))
         report = trainer.bc_step(demonstrations.take(rows))
         state.tracker.log_metrics({k.replace("train/", "bc/"): v for k, v in report.metrics.items()}, step=trainer.version)
+        if report.metrics and (trainer.bc_steps % 10 == 0 or trainer.bc_steps == config.training.bc_steps):
+            loss = report.metrics.get("train/bc_loss", float("nan"))
+            print(f"bc warm-up: step {trainer.bc_steps}/{config.training.bc_steps}, loss {loss:.3f}", flush=True)
     state.intervals.append(("bc warm-up", started, time.time()))
     trainer.save_checkpoint(mark=True, reason="after behaviour cloning")
     print(f"bc warm-up: {config.training.bc_steps} steps on {len(ids)} scripted demonstrations -> version {trainer.version}")
@@ -322,7 +344,7 @@ async def start_modules(state: RunState) -> None:
 
 async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_task) -> dict:
     config, trainer = state.config, state.trainer
-    target = state.rl_done + config.training.steps
+    target = config.training.steps  # total RL steps of the run: a resumed run continues to the same end
     first_eval = await evaluate_task(state, trainer.version)
     print(f"held-out success at version {trainer.version}: {first_eval:.3f}")
     background = asyncio.create_task(rollout(state)) if mode == "async" else None

@@ -204,6 +204,14 @@ class Trainer:
         checkpoints.prune_checkpoints(self.checkpoint_root, self.settings.checkpoint_keep)
         return path
 
+    def mark_checkpoint(self, version: int, reason: str = "") -> Path:
+        """Keep checkpoint `version` past pruning (e.g. the best evaluation so far); return it."""
+        path = checkpoints.checkpoint_path(self.checkpoint_root, version)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no checkpoint {path} to mark (pruned, or never saved)")
+        checkpoints.mark_checkpoint(path, reason)
+        return path
+
     @classmethod
     def resume(
         cls,

@@ -109,3 +109,54 @@ def test_train_flow_end_to_end(tmp_path):
     assert len(train_runs) == 4
     # Asynchrony visible in Prefect: training task runs happen while the rollout task run is running.
     assert any(rollout["start"] < t["start"] and t["end"] < rollout["end"] for t in train_runs)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_nothing_and_trains_nothing_twice(tmp_path):
+    import signal
+    import time
+
+    config = tmp_path / "small.yaml"
+    steps = 6
+    small = {**SMALL, "work_dir": str(tmp_path / "work"), "training": {**SMALL["training"], "steps": steps}}
+    small["evaluation"] = {"every_versions": 0, "heldout_problems": 2}
+    config.write_text(yaml.safe_dump(small))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    process = subprocess.Popen(
+        [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    output = []
+    deadline = time.time() + 600
+    for line in process.stdout:
+        output.append(line)
+        if "| step 2/" in line or time.time() > deadline:
+            break
+    os.killpg(process.pid, signal.SIGKILL)  # the whole run: flow, engine, env workers
+    process.wait(timeout=60)
+    assert any("| step 2/" in line for line in output), "".join(output)[-3000:]
+
+    from dartflow.config import load_config
+    from dartflow.storage import TrajectoryStore
+
+    run_config = load_config(config)
+    store = TrajectoryStore(run_config.store_uri, run_id="e2e")
+    acknowledged = set(store.as_of(store.version, columns=["trajectory_id"])["trajectory_id"].to_pylist())
+
+    resumed = subprocess.run(
+        [str(DARTFLOW), "train", "--resume", str(config)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    store = TrajectoryStore(run_config.store_uri, run_id="e2e")
+    after = set(store.as_of(store.version, columns=["trajectory_id"])["trajectory_id"].to_pylist())
+    assert acknowledged <= after  # nothing acknowledged before the kill is lost
+    bc_versions = SMALL["training"]["bc_steps"]
+    consumed = []
+    for version in range(bc_versions, bc_versions + steps):
+        lineage = store.lineage(version)
+        assert lineage.num_rows > 0, f"version {version} has no batch: versions did not continue"
+        consumed += lineage["trajectory_id"].to_pylist()
+    assert store.lineage(bc_versions + steps).num_rows == 0
+    assert len(consumed) == len(set(consumed))  # no trajectory trained twice
+    assert f"held-out success at version {bc_versions + steps}" in resumed.stdout

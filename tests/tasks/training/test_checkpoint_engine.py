@@ -6,7 +6,6 @@ engine's packed LM head stale (STACK.md): its checkpoints are written untied, so
 """
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from dartflow.tasks.models.agreement import chat_prompt_ids, policy_token_logprobs, vllm_engine, vllm_token_logprobs

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from dartflow.tasks.rollout.weight_sync import check_checkpoint_compatible, read_model_config
 from dartflow.tasks.training import checkpoints
-from dartflow.tasks.training.checkpoints import list_checkpoints, load_policy, mark_checkpoint
+from dartflow.tasks.training.checkpoints import list_checkpoints, load_policy
 from dartflow.tasks.training.settings import TrainerSettings
 from dartflow.tasks.training.trainer import Trainer
 
@@ -60,9 +60,13 @@ def test_pruning_keeps_the_last_k_and_the_marked_ones(tiny_model_dir, tmp_path):
     for index, batch in enumerate(batches(5)):
         trainer.train_step(batch)
         trainer.save_checkpoint(mark=index == 1, reason="best eval")
-    assert [version for version, _ in list_checkpoints(tmp_path)] == [2, 4, 5]
-    assert checkpoints.is_marked(tmp_path / "v000002")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000002", "v000004", "v000005"]
+        if index == 3:
+            trainer.mark_checkpoint(3)
+    assert [version for version, _ in list_checkpoints(tmp_path)] == [2, 3, 4, 5]
+    assert checkpoints.is_marked(tmp_path / "v000002") and checkpoints.is_marked(tmp_path / "v000003")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000002", "v000003", "v000004", "v000005"]
+    with pytest.raises(FileNotFoundError, match="v000001"):
+        trainer.mark_checkpoint(1)
 
 
 def test_a_failed_write_leaves_no_checkpoint_and_no_debris(tiny_model_dir, tmp_path, monkeypatch):

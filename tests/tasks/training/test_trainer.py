@@ -2,7 +2,6 @@
 
 import math
 
-import pyarrow as pa
 import pytest
 import torch
 
@@ -171,3 +170,17 @@ def test_a_sequence_longer_than_the_model_accepts_is_refused(trainer):
     records[0].turns[0].prompt_token_ids = list(range(3, 3000))
     with pytest.raises(ValueError, match="2048"):
         trainer.train_step(table(records))
+
+
+def test_batches_from_the_trajectory_store_train_and_are_recorded_under_the_start_version(tiny_model_dir, tmp_path):
+    from dartflow.storage import TrajectoryStore
+
+    store = TrajectoryStore(str(tmp_path / "store"), run_id="run", compact_every_appends=0)
+    store.append(multi_turn_records(groups=2, group_size=2, vocab_size=1024, seed=7, behavior_logprob=-2.0))
+    trainer = Trainer(tiny_model_dir, checkpoint_root=tmp_path / "checkpoints", settings=SETTINGS)
+    batch = store.next_batch(trainer.version, max_staleness=2, batch_size=4)
+    report = trainer.train_step(batch)
+    assert not report.skipped and report.metrics["train/trajectories"] == 4
+    store.record_consumption(report.start_version, batch)
+    assert store.next_batch(trainer.version, max_staleness=2, batch_size=4).num_rows == 0
+    assert sorted(store.lineage(0)["trajectory_id"].to_pylist()) == sorted(batch["trajectory_id"].to_pylist())
