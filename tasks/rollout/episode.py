@@ -189,7 +189,9 @@ async def run_episode(
     return log.record(run_id=run_id, wall_s=time.perf_counter() - started)
 
 
-async def _play(environment, log: EpisodeLog, limit: int, engine, prompter: ChatPrompter, settings, params, seed) -> None:
+async def _play(
+    environment, log: EpisodeLog, limit: int, engine, prompter: ChatPrompter, settings, params, seed
+) -> None:
     observation = environment.observation
     conversation = prompter.start(observation, action_format_of(log.problem.environment, params))
     for turn in range(limit):
@@ -205,7 +207,9 @@ async def _play(environment, log: EpisodeLog, limit: int, engine, prompter: Chat
         except GenerationInterrupted as error:
             return log.finish("interrupted", interrupted_turn=turn, interrupted_tokens=error.partial.num_tokens)
         action = prompter.action_text(generation.token_ids)
-        turn_args = dict(observation=observation, action=action, prompt_ids=conversation.prompt_ids, generation=generation)
+        turn_args = dict(
+            observation=observation, action=action, prompt_ids=conversation.prompt_ids, generation=generation
+        )
         if generation.finish_reason == "length" and settings.on_length_cut == "truncate":
             log.add_turn(turn_record(**turn_args, reward=0.0, environment_seconds=0.0), generation.queued_s)
             return log.finish("truncated", truncated_by=length_cut_limit(generation, settings.max_new_tokens),
@@ -231,4 +235,8 @@ async def _play(environment, log: EpisodeLog, limit: int, engine, prompter: Chat
 
 def _prompt_meta(conversation: Conversation, error: PromptTooLong) -> dict[str, Any]:
     limit = "max_context_tokens" if "max_context_tokens" in str(error) else "max_model_len"
-    return {"truncated_by": limit, "prompt_tokens": error.num_prompt_tokens, "prompt_incremental": conversation.incremental}
+    return {
+        "truncated_by": limit,
+        "prompt_tokens": error.num_prompt_tokens,
+        "prompt_incremental": conversation.incremental,
+    }

@@ -38,6 +38,7 @@ class RolloutCounters:
 
     trajectories: int = 0  # finished episodes (requeued ones not counted)
     groups_written: int = 0
+    writes: int = 0  # store appends (commits); several groups may share one
     trajectories_written: int = 0
     groups_started: int = 0
     episodes_started: int = 0  # attempts, reruns included
@@ -85,13 +86,16 @@ def rollout_metrics(
 ) -> dict[str, float]:
     """Flat metrics with stable names (the same in MLflow as here)."""
     c, finished = counters, max(counters.trajectories, 1)
+    busy_s = wall_s - clock.idle_seconds  # with at least one episode in flight
     metrics = {
         "tokens_per_s": c.response_tokens / wall_s if wall_s > 0 else 0.0,
+        "tokens_per_busy_s": c.response_tokens / busy_s if busy_s > 0 else 0.0,
         "episodes_per_s": c.trajectories / wall_s if wall_s > 0 else 0.0,
         "episodes": c.trajectories,
         "episodes_started": c.episodes_started,
         "groups_started": c.groups_started,
         "groups_written": c.groups_written,
+        "writes": c.writes,
         "trajectories_written": c.trajectories_written,
         "requeued": c.requeued,
         "response_tokens": c.response_tokens,

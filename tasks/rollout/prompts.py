@@ -78,6 +78,8 @@ class ChatPrompter:
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.stop_token_ids = end_of_turn_ids(tokenizer)
+        # Rollouts of one problem share their first prompt: render and tokenize it once.
+        self._first_prompt = lru_cache(maxsize=1024)(self._render_first_prompt)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, **kwargs: Any) -> ChatPrompter:
@@ -94,6 +96,9 @@ class ChatPrompter:
 
     def start(self, observation: str, action_format: str = "") -> Conversation:
         """The first prompt: system message (when a system prompt is set) + the reset observation."""
+        return self._first_prompt(observation, action_format)
+
+    def _render_first_prompt(self, observation: str, action_format: str) -> Conversation:
         messages: list[Message] = []
         if self.system_prompt is not None:
             messages.append({"role": "system", "content": self.system_prompt(action_format)})

@@ -10,12 +10,13 @@ one problem sharing a group id. Members of started groups (and requeued episodes
 groups complete as soon as possible; a new group starts when a slot is free and the staleness gate
 (staleness.py) is open.
 
-**What is streamed: whole groups.** A group is appended to the store (one commit) the moment its
-last member ends, not at the end of a batch. The trainer's advantages are computed inside a group,
+**What is streamed: whole groups.** A group is handed to the store the moment its last member
+ends, not at the end of a batch. The trainer's advantages are computed inside a group,
 so it can use a group only once it is complete; writing members one by one would make every reader
 wait for and re-assemble groups, and would let a batch hold half a group. The price: a group lands
-when its slowest member ends. Appends run on one background thread, in order, so a slow commit
-never stalls generation.
+when its slowest member ends. Appends run on one background thread, so a slow commit never stalls
+generation; groups that finish while a commit runs go together into the next one (a LanceDB
+commit costs ~5 ms whatever its size), each group whole in one commit.
 
 **Requeue.** An episode interrupted by a weight swap (in_flight_on_swap = "requeue") is not written:
 it is run again from the start, same problem and group, before anything new starts (metadata
@@ -31,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dartflow.storage.records import TrajectoryRecord
@@ -79,8 +80,11 @@ class RolloutService:
     """Runs episodes on a started engine and cluster; appends finished groups to `sink`.
 
     `sink`: a TrajectoryStore, or anything with `append(records) -> ids`. `trainer_version`: a hook
-    for the staleness gate (None: no gate); `batch_size` is needed with it. `seed` makes sampling
-    reproducible per (group ordinal, member, attempt); None leaves it to the engine.
+    for the staleness gate (None: no gate), with `max_staleness` and `batch_size` (trajectories per
+    trainer version); `already_produced`: trajectories of this run written before this service
+    existed (a resumed run), counted by the gate. `seed` makes sampling reproducible per (group
+    ordinal, member, attempt); None leaves it to the engine. `run` may be called again after it
+    returns (e.g. one batch at a time); counters and metrics accumulate.
     """
 
     def __init__(
@@ -125,8 +129,10 @@ class RolloutService:
         self._failure: BaseException | None = None
         self._changed: asyncio.Event | None = None
         self._started_at: float | None = None
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-writer")
-        self._writes: list[asyncio.Future] = []
+        self._io: ThreadPoolExecutor | None = None  # the writer thread, for the length of a run
+        self._pending_groups: list[list[TrajectoryRecord]] = []  # finished, not yet handed to the writer
+        self._write_in_flight: asyncio.Future | None = None
+        self._groups_in_write = 0
 
     @classmethod
     def from_config(
@@ -169,22 +175,28 @@ class RolloutService:
         sampler returns None, or `stop()`; return the counters. A failure (engine, store) cancels
         the episodes in flight and is raised."""
         self._changed = asyncio.Event()
-        self._stopping = False
+        self._stopping, self._failure = False, None
         self._started_at = self._started_at or time.perf_counter()
         self.clock.set(self.clock.level, time.perf_counter())
         quota = None if num_trajectories is None else self._produced + num_trajectories
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-writer")
         try:
             await self._schedule(quota)
-            await asyncio.gather(*self._writes)
         except BaseException:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._current, self._requeued = None, deque()  # a group that lost members is never written
             raise
         finally:
-            self._writes.clear()
             self.clock.advance(time.perf_counter())
+            self._io.shutdown(wait=False)  # a write still running (after a failure) finishes on its own
         return self.counters
+
+    @property
+    def produced(self) -> int:
+        """Trajectories started so far (written or in flight; reruns not counted), `already_produced` included."""
+        return self._produced
 
     def metrics(self) -> dict[str, float]:
         """`rollout/` metrics since the service first ran."""
@@ -214,7 +226,7 @@ class RolloutService:
                 self._launch(job)
                 continue
             if self._stopping or (quota is not None and self._produced >= quota):
-                if not self._tasks and not self._requeued:
+                if not self._tasks and not self._requeued and not self._writing:
                     return
                 await self._wait_for_change()
                 continue
@@ -252,7 +264,10 @@ class RolloutService:
         version = self.trainer_version_hook()
         version = int(await version if inspect.isawaitable(version) else version)
         state = gate_state(
-            produced=self._produced, trainer_version=version, engine_version=self.engine.policy_version, bound=self.bound
+            produced=self._produced,
+            trainer_version=version,
+            engine_version=self.engine.policy_version,
+            bound=self.bound,
         )
         now = time.perf_counter()
         gate = self._gate
@@ -275,6 +290,10 @@ class RolloutService:
             pass
         self._changed.clear()
 
+    @property
+    def _writing(self) -> bool:
+        return self._write_in_flight is not None or bool(self._pending_groups)
+
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -290,7 +309,9 @@ class RolloutService:
 
     async def _run_job(self, job: _Job) -> None:
         spec = job.group.spec
-        seed = None if self.seed is None else stable_seed("episode", self.seed, job.group.ordinal, job.member, job.attempt)
+        seed = None
+        if self.seed is not None:
+            seed = stable_seed("episode", self.seed, job.group.ordinal, job.member, job.attempt)
         record = await run_episode(
             spec.problem,
             engine=self.engine,
@@ -302,7 +323,12 @@ class RolloutService:
             max_turns=spec.max_turns,
             seed=seed,
             run_id=self.run_id,
-            metadata={**spec.metadata, "group_size": len(job.group.records), "member": job.member, "attempt": job.attempt},
+            metadata={
+                **spec.metadata,
+                "group_size": len(job.group.records),
+                "member": job.member,
+                "attempt": job.attempt,
+            },
         )
         if record.finish_reason == "interrupted":
             self.counters.add_interrupted()
@@ -323,19 +349,28 @@ class RolloutService:
     # ---- writing ------------------------------------------------------------------------------------
 
     def _write(self, group: _Group) -> None:
-        """Append the group on the writer thread (one at a time, in completion order)."""
-        records = list(group.records)
-        future = asyncio.get_running_loop().run_in_executor(self._io, self._append, records)
-        self._writes.append(future)
+        """Queue a finished group for the writer thread; start a write unless one is running."""
+        self._pending_groups.append(list(group.records))
+        if self._write_in_flight is None:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Append every queued group in one commit (group commit: under load, groups that finish
+        while a commit runs share the next one; when idle, each group is written at once)."""
+        groups, self._pending_groups = self._pending_groups, []
+        self._groups_in_write = len(groups)
+        future = asyncio.get_running_loop().run_in_executor(self._io, self._append, groups)
+        self._write_in_flight = future
         future.add_done_callback(self._write_done)
 
-    def _append(self, records: list[TrajectoryRecord]) -> list[str]:
+    def _append(self, groups: list[list[TrajectoryRecord]]) -> list[str]:
         started = time.perf_counter()
-        ids = self.sink.append(records)
+        ids = self.sink.append([record for group in groups for record in group])
         self.counters.write_seconds += time.perf_counter() - started
         return list(ids)
 
     def _write_done(self, future: asyncio.Future) -> None:
+        self._write_in_flight = None
         if future.cancelled():
             return
         if future.exception() is not None:
@@ -343,10 +378,12 @@ class RolloutService:
         else:
             ids = future.result()
             self.written_ids.extend(ids)
-            self.counters.groups_written += 1
+            self.counters.writes += 1
+            self.counters.groups_written += self._groups_in_write
             self.counters.trajectories_written += len(ids)
+            if self._pending_groups:
+                self._flush()
         self._notify()
 
     def close(self) -> None:
-        """Release the writer thread (after `run` returned)."""
-        self._io.shutdown(wait=True)
+        """Nothing to release between runs (kept for symmetry with the engine and cluster)."""

@@ -40,7 +40,9 @@ class StalenessBound:
 
     def __post_init__(self) -> None:
         if self.max_staleness < 0 or self.batch_size < 1:
-            raise ValueError(f"max_staleness ({self.max_staleness}) must be >= 0 and batch_size ({self.batch_size}) >= 1")
+            raise ValueError(
+                f"max_staleness ({self.max_staleness}) must be >= 0 and batch_size ({self.batch_size}) >= 1"
+            )
 
 
 def produced_capacity(trainer_version: int, bound: StalenessBound) -> int:

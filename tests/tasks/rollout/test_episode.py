@@ -92,7 +92,10 @@ def test_first_prompt_is_the_chat_template_with_the_action_format_as_system_mess
     assert action_format.startswith("One integer")
     conversation = prompter.start("Guess a number.", action_format)
     expected = tokenizer.apply_chat_template(
-        [{"role": "system", "content": default_system_prompt(action_format)}, {"role": "user", "content": "Guess a number."}],
+        [
+            {"role": "system", "content": default_system_prompt(action_format)},
+            {"role": "user", "content": "Guess a number."},
+        ],
         tokenize=False, add_generation_prompt=True,
     )
     assert tokenizer.decode(list(conversation.prompt_ids)) == expected
@@ -203,7 +206,8 @@ def test_an_environment_error_ends_the_episode_with_its_reason(tokenizer, prompt
     record = play(guess_problem, engine, prompter, cluster=FakeCluster(fail_step={guess_problem.problem_id: 2}))
     assert record.finish_reason == "error" and record.metadata["error_kind"] == "timeout"
     assert len(record.turns) == 2 and record.turns[1].reward == 0.0  # the failed turn is kept
-    check_storable(record, play(guess_problem, engine, prompter, cluster=FakeCluster(fail_reset={guess_problem.problem_id})))
+    failed_reset = play(guess_problem, engine, prompter, cluster=FakeCluster(fail_reset={guess_problem.problem_id}))
+    check_storable(record, failed_reset)
 
 
 def test_an_interrupted_generation_ends_the_episode_as_interrupted(tokenizer, prompter, guess_problem):

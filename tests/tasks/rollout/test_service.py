@@ -11,7 +11,8 @@ from rollout_fakes import FakeCluster, FakeEngine, FakeSink
 from transformers import AutoTokenizer
 
 from dartflow.tasks.rollout.episode import EpisodeSettings
-from dartflow.tasks.rollout.metrics import OccupancyClock
+from dartflow.storage import TrajectoryRecord, TurnRecord
+from dartflow.tasks.rollout.metrics import OccupancyClock, RolloutCounters, rollout_metrics
 from dartflow.tasks.rollout.prompts import ChatPrompter
 from dartflow.tasks.rollout.sampler import ListSampler, UniformSampler
 from dartflow.tasks.rollout.service import RolloutService
@@ -96,6 +97,28 @@ def test_occupancy_clock_integrates_the_level():
     clock.set(1, 2.0)  # 2 slots for 1 s
     clock.advance(4.0)  # 1 slot for 2 s
     assert (clock.idle_seconds, clock.level_seconds) == (1.0, 4.0)
+
+
+def test_rollout_metrics_by_hand():
+    def turn(tokens, reward, versions=(3, 3)):
+        return TurnRecord("o", "a", [1], [5] * tokens, [-0.1] * tokens, *versions, reward=reward, generation_seconds=0.5)
+
+    counters = RolloutCounters()
+    counters.add_trajectory(TrajectoryRecord("p", "g", "e", [turn(4, 0.0), turn(6, 1.0, (3, 4))], "done", success=True))
+    counters.add_trajectory(TrajectoryRecord("p", "g", "e", [turn(10, 0.0)], "truncated"))
+    counters.add_interrupted()
+    clock = OccupancyClock(level=0, since=0.0)
+    clock.set(2, 1.0)
+    clock.advance(5.0)  # idle 1 s, then 2 episodes for 4 s
+    metrics = rollout_metrics(counters, clock, wall_s=5.0, concurrent_episodes=4, policy_version=4, last_swap_s=0.02)
+    expected = {
+        "tokens_per_s": 20 / 5, "tokens_per_busy_s": 20 / 4, "episodes": 2, "turns_per_episode": 1.5,
+        "success_rate": 0.5, "reward_mean": 0.5, "turns_spanning_versions": 1, "requeued": 1, "generation_s": 1.5,
+        "finish/done": 1, "finish/truncated": 1, "finish/interrupted": 1, "finish/error": 0,
+        "idle_fraction": 0.2, "slot_utilization": 8 / 20, "policy_version": 4, "swap_s": 0.02,
+    }
+    assert {name: metrics[f"rollout/{name}"] for name in expected} == pytest.approx(expected)
+    assert "rollout/trainer_version" not in metrics
 
 
 # ---- the service --------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 LOGPROB_TOLERANCE = 1e-4  # engine vs transformers, float32: ~1e-6 measured
 GUESS = ("guess_number", {"high": 16}, 1.0)
-SETTINGS = EpisodeSettings(max_turns=3, max_new_tokens=8, sampling=SamplingSettings(temperature=1.0), on_length_cut="act")
+SETTINGS = EpisodeSettings(
+    max_turns=3, max_new_tokens=8, sampling=SamplingSettings(temperature=1.0), on_length_cut="act"
+)
 ENGINE = EngineConfig(kv_cache_space_gib=0.25, max_model_len=1024, max_num_seqs=32)
 
 
@@ -173,12 +175,14 @@ def test_async_training_loop_with_live_swaps_respects_the_staleness_bound(engine
         assert all(version - (row["min_policy_version"] - start) <= k for row in batch)
     versions = {v for row in rows for v in row["turn_min_policy_version"]}
     assert len(versions) >= 2  # the swaps landed while the service ran
+    assert service.counters.requeued == 0  # finish mode: episodes in flight during a swap go on
     for row in rows:  # a turn's versions never go back
         assert row["turn_min_policy_version"] == sorted(row["turn_min_policy_version"])
     check_logprobs_against_transformers(rows, checkpoints, count=6, seed=1)
     metrics = service.metrics()
     print(f"\nversions {sorted(versions)}, turns spanning a swap {metrics['rollout/turns_spanning_versions']:.0f}, "
-          f"gate waits {metrics['rollout/staleness_gate_waits']:.0f} ({metrics['rollout/staleness_gate_wait_s']:.2f} s)")
+          f"gate waits {metrics['rollout/staleness_gate_waits']:.0f} "
+          f"({metrics['rollout/staleness_gate_wait_s']:.2f} s)")
     assert metrics["rollout/staleness_gate_waits"] >= 1
     service.close()
 
