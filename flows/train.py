@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dartflow.config import RunConfig, validate_config
+from dartflow.tasks.curation.groups import whole_groups
 
 TRAIN_WHERE = "split = 'train' AND source = 'rollout'"
 MAX_CONSECUTIVE_SKIPS = 3
@@ -57,27 +58,6 @@ class RunState:
     tracker_link: str = ""
 
 
-def whole_groups(batch_size: int):
-    """Curation predicate: oldest whole groups, up to batch_size rows (advantages need whole groups)."""
-
-    def select(candidates):
-        chosen, rows = [], 0
-        group_ids = candidates["group_id"].to_pylist()
-        ids = candidates["trajectory_id"].to_pylist()
-        order = list(dict.fromkeys(group_ids))
-        members: dict[str, list[str]] = {}
-        for group_id, trajectory_id in zip(group_ids, ids):
-            members.setdefault(group_id, []).append(trajectory_id)
-        for group_id in order:
-            if rows + len(members[group_id]) > batch_size:
-                break
-            chosen += members[group_id]
-            rows += len(members[group_id])
-        return chosen
-
-    return select
-
-
 async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
     """Block (without blocking the loop) until a full batch within the staleness bound is in the store."""
     config, trainer = state.config, state.trainer
@@ -110,6 +90,18 @@ def print_progress(state: RunState, metrics: dict[str, float]) -> None:
     )
 
 
+class RecordingSink:
+    """Appends to the store and remembers each written trajectory's success (no read-back needed)."""
+
+    def __init__(self, store):
+        self.store, self.successes = store, []
+
+    def append(self, records):
+        ids = self.store.append(records)
+        self.successes += [bool(record.success) for record in records]
+        return ids
+
+
 async def evaluate(state: RunState) -> float:
     """Held-out success of the engine's current policy (greedy by default), written to the store."""
     from dartflow.tasks.envs.registry import make_problem_source
@@ -127,22 +119,16 @@ async def evaluate(state: RunState) -> float:
     settings = EpisodeSettings.from_config(
         config.rollout, sampling=SamplingSettings(temperature=config.evaluation.temperature, top_p=1.0)
     )
+    sink = RecordingSink(state.store)
     service = RolloutService(
-        engine=state.engine, cluster=state.cluster, sink=state.store, sampler=ListSampler(groups),
+        engine=state.engine, cluster=state.cluster, sink=sink, sampler=ListSampler(groups),
         settings=settings, prompter=state.service.prompter, concurrent_episodes=config.rollout.concurrent_episodes,
         run_id=config.run_name, seed=0,
     )
     started = time.time()
     await service.run()
     state.intervals.append(("evaluation", started, time.time()))
-    records = state.store.count(
-        f"run_id = '{config.run_name}' AND split = 'heldout' AND "
-        f"trajectory_id IN ({', '.join(repr(i) for i in service.written_ids) or 'NULL'})"
-    )
-    successes = state.store.count(
-        f"run_id = '{config.run_name}' AND success AND "
-        f"trajectory_id IN ({', '.join(repr(i) for i in service.written_ids) or 'NULL'})"
-    )
+    records, successes = len(sink.successes), sum(sink.successes)
     success = successes / max(records, 1)
     state.eval_history.append((state.engine.policy_version, success))
     await asyncio.to_thread(
@@ -306,7 +292,9 @@ def run_bc_warmup(state: RunState) -> int:
         max_turns=config.rollout.max_turns, run_id=config.run_name,
     )
     ids = state.store.append(records)
-    demonstrations = state.store._fetch_by_ids(ids, list(state.store._columns(None)))  # same rows, from the store
+    demonstrations = state.store.as_of(  # the rows as stored: BC trains on what the store holds
+        state.store.version, where=f"run_id = '{config.run_name}' AND source = 'demonstration'"
+    )
     rng = random.Random(config.seed)
     started = time.time()
     for _ in range(config.training.bc_steps):

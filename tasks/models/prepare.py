@@ -19,17 +19,8 @@ def ensure_policy_model(model: ModelConfig, model_dir: Path) -> tuple[Path, bool
     if model.source == "tiny":
         from dartflow.tasks.models.tiny import TinyModelSpec, write_tiny_model
 
-        tiny = model.tiny
-        spec = TinyModelSpec(
-            seed=model.seed,
-            vocab_size=tiny.vocab_size,
-            hidden_size=tiny.hidden_size,
-            num_layers=tiny.num_layers,
-            num_heads=tiny.num_heads,
-            intermediate_size=tiny.intermediate_size,
-            max_position_embeddings=tiny.max_position_embeddings,
-            tie_word_embeddings=tiny.tie_word_embeddings,
-        )
+        # TinyModelConfig's fields are named like TinyModelSpec's.
+        spec = TinyModelSpec(seed=model.seed, **model.tiny.model_dump())
         return write_tiny_model(model_dir, spec), True
     from dartflow.tasks.models.smollm2 import convert_smollm2
 
