@@ -150,6 +150,12 @@ class TrainingConfig(_Section):
         5.0, ge=1, description="Cap C of the truncated importance weight min(exp(proximal - behavior), C)."
     )
     advantage: Literal["grpo", "grpo_no_std", "rloo"] = Field("grpo", description="Group advantage estimator.")
+    loss_aggregation: Literal["token_mean", "trajectory_mean"] = Field(
+        "token_mean",
+        description="How a batch's tokens share the loss: every token alike (token_mean), or every trajectory "
+        "alike, its weight spread over its tokens (trajectory_mean: long failed episodes do not outweigh short "
+        "successes).",
+    )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen reference policy.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus.")
     checkpoint_keep: int = Field(3, ge=1, le=10_000, description="Checkpoints kept (besides marked ones).")
@@ -173,6 +179,10 @@ class TrainingConfig(_Section):
 class EvaluationConfig(_Section):
     every_versions: int = Field(5, ge=0, le=1_000_000, description="Held-out evaluation every N versions (0 = only at start and end).")
     heldout_problems: int = Field(32, ge=1, le=100_000, description="Held-out problems per environment in each evaluation.")
+    samples_per_problem: int = Field(
+        1, ge=1, le=1_000,
+        description="Episodes per held-out problem, each with its own fixed seed (useful with temperature > 0).",
+    )
     temperature: float = Field(0.0, ge=0, le=5, description="Sampling temperature of evaluation (0 = greedy).")
 
 

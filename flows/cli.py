@@ -38,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     quickstart = commands.add_parser(
         "quickstart",
-        help="build the config's policy model (if missing) and run the trajectory-store demo",
-        description="The main job for now: prepares the policy model the config names, then writes "
-        "trajectories sampled from it into the LanceDB store from several processes, consumes a training "
-        "batch within the staleness bound, and prints lineage and per-problem statistics.",
+        help="the main job: train the quickstart policy (a fresh run each time)",
+        description="Builds the config's policy model if missing, then runs the train flow in async mode. "
+        "Unlike `train`, a run name already used in the work dir gets a numbered suffix (quickstart-2, ...) "
+        "instead of an error, so the command can be repeated.",
     )
     _add_config_args(quickstart)
 
@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", help="per-problem statistics", description="Print per-problem statistics of the run's store."
     )
     _add_config_args(stats)
+    demo = store_commands.add_parser(
+        "demo",
+        help="write sampled trajectories from several processes and consume a batch (no training)",
+        description="The trajectory-store demo: prepares the policy model, writes trajectories sampled from it "
+        "into the LanceDB store from several processes, consumes a training batch within the staleness bound, "
+        "and prints lineage and per-problem statistics.",
+    )
+    _add_config_args(demo)
     lineage = store_commands.add_parser(
         "lineage",
         help="trajectories consumed by the training step at a policy version",
@@ -170,6 +178,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = commands.load(args)
         if args.store_command == "stats":
             return commands.store_stats(config)
+        if args.store_command == "demo":
+            return commands.store_demo(config)
         return commands.store_lineage(config, args.policy_version, args.run)
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -53,6 +53,35 @@ def model_smollm2(args: argparse.Namespace) -> int:
 
 
 def quickstart(config: RunConfig) -> int:
+    """The README's main job: `train` in async mode under a run name not used yet in the work dir."""
+    from dartflow.flows.train import run_train
+
+    name = unused_run_name(config.work_dir / "runs", config.run_name)
+    if name != config.run_name:
+        print(f"run '{config.run_name}' exists in {config.work_dir / 'runs'}: this run is '{name}'")
+        config = config.model_copy(update={"run_name": name})
+    summary = run_train(config, mode="async")
+    print(
+        f"held-out success: {summary['heldout_before']:.3f} after the warm-up -> {summary['heldout_after']:.3f} "
+        f"at version {summary['final_version']} (run '{name}')"
+    )
+    print(f"look at it: MLflow run {summary.get('mlflow_run_id', '?')} in {config.mlflow_uri}; dartflow store stats CONFIG")
+    return 0
+
+
+def unused_run_name(runs_dir, name: str) -> str:
+    """`name` if no run of that name exists under `runs_dir`, else the first free `name-2`, `name-3`, ..."""
+    from pathlib import Path
+
+    runs_dir = Path(runs_dir)
+    candidate, number = name, 1
+    while (runs_dir / candidate).exists():
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
+def store_demo(config: RunConfig) -> int:
     from dartflow.flows.store_demo import run_store_demo
     from dartflow.tasks.models.prepare import ensure_policy_model
 

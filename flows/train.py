@@ -77,66 +77,18 @@ async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
         await asyncio.sleep(poll_s)
 
 
-def print_progress(state: RunState, metrics: dict[str, float]) -> None:
-    trainer, config = state.trainer, state.config
-    heldout = f"{state.eval_history[-1][1]:.2f}" if state.eval_history else "  - "
-    elapsed = time.time() - state.started
-    rate = metrics.get("rollout/tokens_per_s", 0.0)
-    print(
-        f"[v{trainer.version:>4} | step {trainer.rl_steps}/{config.training.steps}] "
-        f"reward {metrics.get('train/reward_mean', 0.0):.3f}  heldout {heldout}  "
-        f"staleness {metrics.get('train/staleness_mean', 0.0):.1f}  rollout {rate:,.0f} tok/s  {elapsed:,.0f}s",
-        flush=True,
-    )
-
-
-class RecordingSink:
-    """Appends to the store and remembers each written trajectory's success (no read-back needed)."""
-
-    def __init__(self, store):
-        self.store, self.successes = store, []
-
-    def append(self, records):
-        ids = self.store.append(records)
-        self.successes += [bool(record.success) for record in records]
-        return ids
-
-
 async def evaluate(state: RunState) -> float:
-    """Held-out success of the engine's current policy (greedy by default), written to the store."""
-    from dartflow.tasks.envs.registry import make_problem_source
-    from dartflow.tasks.rollout.episode import EpisodeSettings
-    from dartflow.tasks.rollout.generation import SamplingSettings
-    from dartflow.tasks.rollout.sampler import GroupSpec, ListSampler
-    from dartflow.tasks.rollout.service import RolloutService
+    """Held-out success of the engine's current policy (tasks/evaluation), logged against its version."""
+    from dartflow.tasks.evaluation.heldout import evaluate_heldout
 
-    config = state.config
-    groups = []
-    for spec in config.environments:
-        source = make_problem_source(spec.name, spec.params)
-        for problem in source.heldout(config.evaluation.heldout_problems):
-            groups.append(GroupSpec(problem, 1, params=spec.params, metadata={"evaluation_version": state.engine.policy_version}))
-    settings = EpisodeSettings.from_config(
-        config.rollout, sampling=SamplingSettings(temperature=config.evaluation.temperature, top_p=1.0)
-    )
-    sink = RecordingSink(state.store)
-    service = RolloutService(
-        engine=state.engine, cluster=state.cluster, sink=sink, sampler=ListSampler(groups),
-        settings=settings, prompter=state.service.prompter, concurrent_episodes=config.rollout.concurrent_episodes,
-        run_id=config.run_name, seed=0,
-    )
     started = time.time()
-    await service.run()
-    state.intervals.append(("evaluation", started, time.time()))
-    records, successes = len(sink.successes), sum(sink.successes)
-    success = successes / max(records, 1)
-    state.eval_history.append((state.engine.policy_version, success))
-    await asyncio.to_thread(
-        state.tracker.log_metrics,
-        {"eval/heldout_success": success, "eval/heldout_problems": records},
-        step=state.engine.policy_version,
+    result = await evaluate_heldout(
+        state.config, engine=state.engine, cluster=state.cluster, store=state.store, prompter=state.service.prompter
     )
-    return success
+    state.intervals.append(("evaluation", started, time.time()))
+    state.eval_history.append((result.policy_version, result.success_rate))
+    await asyncio.to_thread(state.tracker.log_metrics, result.metrics(), step=result.policy_version)
+    return result.success_rate
 
 
 # ---- Prefect: the flow and its tasks -------------------------------------------------------------
@@ -331,10 +283,13 @@ async def start_modules(state: RunState) -> None:
 
 
 async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_task) -> dict:
+    from dartflow.flows.progress import TrainProgress
+
     config, trainer = state.config, state.trainer
     target = config.training.steps  # total RL steps of the run: a resumed run continues to the same end
+    progress = TrainProgress(target, trainer.rl_steps, started=state.started)
     first_eval = await evaluate_task(state, trainer.version)
-    print(f"held-out success at version {trainer.version}: {first_eval:.3f}")
+    progress.evaluated(trainer.version, first_eval)
     background = asyncio.create_task(rollout(state)) if mode == "async" else None
     try:
         while trainer.rl_steps < target:
@@ -350,21 +305,25 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
             state.reward_history.append((trainer.version, metrics.get("train/reward_mean", 0.0)))
             every = config.evaluation.every_versions
             if every and trainer.rl_steps % every == 0 and trainer.rl_steps < target:
-                await evaluate_task(state, trainer.version)
-            print_progress(state, metrics)
+                progress.evaluated(trainer.version, await evaluate_task(state, trainer.version))
+            progress.step(trainer.version, trainer.rl_steps, metrics)
     finally:
+        progress.close()
         if background is not None:
             state.service.stop()
             await asyncio.gather(background, return_exceptions=True)
     last_eval = await evaluate_task(state, trainer.version)
     print(f"held-out success at version {trainer.version}: {last_eval:.3f} (was {first_eval:.3f})")
-    return {"final_version": trainer.version, "heldout_before": first_eval, "heldout_after": last_eval}
+    return {
+        "final_version": trainer.version, "heldout_before": first_eval, "heldout_after": last_eval,
+        "mlflow_run_id": state.tracker.run_id,
+    }
 
 
 def summary_table(state: RunState, summary: dict) -> list[dict[str, str]]:
     from dartflow.storage.tracking import summary_rows
 
-    return summary_rows(state.tracker.latest_metrics(), {**summary, "mlflow_run_id": state.tracker.run_id})
+    return summary_rows(state.tracker.latest_metrics(), summary)
 
 
 async def close_run(state: RunState) -> None:

@@ -3,7 +3,10 @@
 Rules (pure functions below): a guess is one integer (see `parse_integer`). Every step uses one turn,
 valid or not. A correct guess ends the episode with reward 1; running out of turns ends it with 0.
 Each step also costs `turn_cost` (so faster solutions earn more), and an invalid guess (unparseable
-or outside the range) costs `invalid_action_penalty` more.
+or outside the range) costs `invalid_action_penalty` more. Optional shaping: `consistent_guess_bonus`
+is earned by each guess that lies inside the interval the earlier answers leave open (a guess that
+could still be right), so a policy that starts to use the answers is rewarded before it solves
+episodes reliably; success (the solved flag) is unaffected.
 
 Problems: one per (level, secret). Each level is a range size and a turn limit (easiest first;
 difficulty = the level's index); `high` (with an optional `max_turns`) is shorthand for one level
@@ -62,6 +65,10 @@ class GuessNumberParams(BaseModel, extra="forbid"):
     )
     turn_cost: float = Field(0.0, ge=0, le=1, description="Subtracted from the reward of every step.")
     invalid_action_penalty: float = Field(0.0, ge=0, le=1, description="Subtracted again for an invalid guess.")
+    consistent_guess_bonus: float = Field(
+        0.0, ge=0, le=1,
+        description="Added for each guess inside the interval the earlier answers leave open (shaping; 0 = off).",
+    )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
     seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
 
@@ -95,8 +102,14 @@ def judge_guess(secret: int, guess: int) -> Feedback:
     return "higher" if secret > guess else "lower"
 
 
-def step_reward(solved: bool, valid: bool, turn_cost: float, invalid_action_penalty: float) -> float:
-    return (1.0 if solved else 0.0) - turn_cost - (0.0 if valid else invalid_action_penalty)
+def step_reward(
+    solved: bool, valid: bool, turn_cost: float, invalid_action_penalty: float,
+    consistent: bool = False, consistent_guess_bonus: float = 0.0,
+) -> float:
+    return (
+        (1.0 if solved else 0.0) - turn_cost - (0.0 if valid else invalid_action_penalty)
+        + (consistent_guess_bonus if consistent else 0.0)
+    )
 
 
 @dataclass
@@ -107,6 +120,16 @@ class Episode:
     max_turns: int
     turns_used: int = 0
     solved: bool = False
+    open_low: int | None = None  # the interval the answers so far leave open (None: [low, high])
+    open_high: int | None = None
+
+    def __post_init__(self) -> None:
+        self.open_low = self.low if self.open_low is None else self.open_low
+        self.open_high = self.high if self.open_high is None else self.open_high
+
+    def could_be(self, guess: int) -> bool:
+        """Whether `guess` is consistent with every answer given so far."""
+        return self.open_low <= guess <= self.open_high
 
     @property
     def done(self) -> bool:
@@ -138,6 +161,10 @@ def play_turn(episode: Episode, action_text: str) -> tuple[str, bool, Feedback |
         message = f"Invalid guess: {what}. Reply with one integer between {episode.low} and {episode.high}."
         return _with_turns_left(message, episode), False, None
     feedback = judge_guess(episode.secret, guess)
+    if feedback == "higher":
+        episode.open_low = max(episode.open_low, guess + 1)
+    elif feedback == "lower":
+        episode.open_high = min(episode.open_high, guess - 1)
     if feedback == "correct":
         episode.solved = True
         return f"Correct! The number is {episode.secret}. Solved in {_plural(episode.turns_used)}.", True, feedback
@@ -240,8 +267,13 @@ class GuessNumberEnv:
         if episode is None or episode.done:
             info = {"invalid_action": True, "episode_over": True, "success": bool(episode and episode.solved)}
             return StepResult("The episode is over: no more guesses are taken.", 0.0, True, info)
+        guess = parse_integer(action_text)
+        consistent = guess is not None and episode.could_be(guess)  # judged before this answer narrows it
         observation, valid, feedback = play_turn(episode, action_text)
-        reward = step_reward(episode.solved, valid, self.params.turn_cost, self.params.invalid_action_penalty)
+        reward = step_reward(
+            episode.solved, valid, self.params.turn_cost, self.params.invalid_action_penalty,
+            consistent, self.params.consistent_guess_bonus,
+        )
         info: dict[str, Any] = {"invalid_action": not valid, "feedback": feedback, "turn": episode.turns_used}
         if episode.done:
             info["success"] = episode.solved

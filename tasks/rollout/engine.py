@@ -68,6 +68,14 @@ class EngineNotRunning(RuntimeError):
     """generate/update_weights on an engine that is not started, was shut down, or broke in a swap."""
 
 
+def _cpu_scheduling(max_model_len: int) -> dict:
+    """No chunked prefill on CPU: vLLM's CPU worker crashes ("CPU Generator does not use offset")
+    when it discards the token sampled for a partly prefilled request that carries a seed, and
+    every rollout and evaluation request carries one. Whole prompts only, so the step budget must
+    hold the longest one."""
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
 class RolloutEngine:
     """One vLLM AsyncLLM serving one policy, its weights swappable in place."""
 
@@ -145,6 +153,7 @@ class RolloutEngine:
             gpu_memory_utilization=self.settings.gpu_memory_utilization,
             # On CPU the KV cache is sized in bytes; on a GPU the utilisation fraction decides.
             kv_cache_memory_bytes=int(self.settings.kv_cache_space_gib * GIB) if current_platform.is_cpu() else None,
+            **_cpu_scheduling(self.settings.max_model_len) if current_platform.is_cpu() else {},
             logprobs_mode=VLLM_LOGPROBS_MODE[self.logprobs_source],
             worker_extension_cls=WORKER_EXTENSION,
             disable_log_stats=True,

@@ -41,6 +41,7 @@ class MicroBatch:
     loss_mask: torch.Tensor  # (B, T) bool: token t is an agent token (predicted from column t-1)
     behavior_logprobs: torch.Tensor  # (B, T) float32, 0 off the mask
     advantages: torch.Tensor  # (B, T) float32, the trajectory's advantage on its agent tokens
+    token_weights: torch.Tensor  # (B, T) float32: each agent token's share of the loss (see LOSS_AGGREGATIONS), 0 off the mask
     rows: torch.Tensor  # (B,) int64: trajectory row in the batch of each sequence
     lengths: torch.Tensor  # (B,) int64: tokens of each sequence before padding
 
@@ -99,8 +100,11 @@ def _assemble(row: int, pieces: list[tuple[np.ndarray, bool, np.ndarray | None]]
     return TokenSequence(row, token_ids, agent_mask, behavior)
 
 
-def collate(sequences: list[TokenSequence], advantages: torch.Tensor, pad_token_id: int) -> MicroBatch:
-    """Right-pad `sequences` into one MicroBatch; `advantages` (n,) is indexed by trajectory row."""
+def collate(
+    sequences: list[TokenSequence], advantages: torch.Tensor, pad_token_id: int, row_weights: torch.Tensor | None = None
+) -> MicroBatch:
+    """Right-pad `sequences` into one MicroBatch; `advantages` and `row_weights` (n,), the weight of
+    each agent token of a trajectory (default 1), are indexed by trajectory row."""
     width = max(seq.token_ids.size for seq in sequences)
     input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)  # (B, T)
     loss_mask = np.zeros((len(sequences), width), dtype=bool)  # (B, T)
@@ -117,28 +121,57 @@ def collate(sequences: list[TokenSequence], advantages: torch.Tensor, pad_token_
         loss_mask=loss_mask_t,
         behavior_logprobs=torch.from_numpy(behavior),
         advantages=per_sequence_advantage[:, None].expand(-1, width) * loss_mask_t,
+        token_weights=(
+            torch.ones(len(sequences)) if row_weights is None else row_weights.to(torch.float32)[rows]
+        )[:, None].expand(-1, width) * loss_mask_t,
         rows=rows,
         lengths=torch.tensor([seq.token_ids.size for seq in sequences], dtype=torch.int64),
     )
 
 
 def build_micro_batches(
-    table: pa.Table, advantages: torch.Tensor, *, micro_batch_size: int, pad_token_id: int
+    table: pa.Table, advantages: torch.Tensor, *, micro_batch_size: int, pad_token_id: int,
+    aggregation: str = "token_mean",
 ) -> list[MicroBatch]:
     """Micro-batches of `micro_batch_size` trajectories each (their sequences), longest first.
 
-    Sorting by length keeps padding low; it changes nothing else, since the loss is a token-level
-    sum over the whole batch. `advantages`: (num_rows,), one per trajectory.
+    Sorting by length keeps padding low; it changes nothing else, since the loss is a weighted sum
+    over the whole batch divided by the batch's total weight. `advantages`: (num_rows,), one per
+    trajectory; `aggregation`: how the batch's tokens share the loss (LOSS_AGGREGATIONS).
     """
     if advantages.shape != (table.num_rows,):
         raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({table.num_rows},)")
     by_row: dict[int, list[TokenSequence]] = {}
     for seq in trajectory_sequences(table):
         by_row.setdefault(seq.row, []).append(seq)
+    agent_tokens = np.zeros(table.num_rows, dtype=np.int64)
+    for row, seqs in by_row.items():
+        agent_tokens[row] = sum(int(seq.agent_mask.sum()) for seq in seqs)
+    row_weights = torch.from_numpy(token_weights_per_row(agent_tokens, aggregation))
     lengths = {row: sum(seq.token_ids.size for seq in seqs) for row, seqs in by_row.items()}
     order = sorted(by_row, key=lambda row: -lengths[row])  # stable: ties keep batch order
     chunks = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
-    return [collate([seq for row in chunk for seq in by_row[row]], advantages, pad_token_id) for chunk in chunks]
+    return [
+        collate([seq for row in chunk for seq in by_row[row]], advantages, pad_token_id, row_weights) for chunk in chunks
+    ]
+
+
+# How the agent tokens of a batch share the loss (the loss = weighted token sum / total weight):
+# "token_mean": every token weighs 1, so long trajectories count more; in a group where failures are
+#   longer than successes (multi-turn: failing takes every turn) the token-mean advantage is negative
+#   and the step pushes down the sampled tokens overall.
+# "trajectory_mean": each trajectory weighs 1 in total, spread over its tokens, so a group's
+#   advantages sum to zero in the loss as they do per trajectory.
+LOSS_AGGREGATIONS = ("token_mean", "trajectory_mean")
+
+
+def token_weights_per_row(agent_tokens: np.ndarray, aggregation: str) -> np.ndarray:
+    """The weight of each agent token of each trajectory, from its agent-token count. (n,) float32."""
+    if aggregation == "token_mean":
+        return np.ones(agent_tokens.shape, dtype=np.float32)
+    if aggregation == "trajectory_mean":
+        return (1.0 / np.maximum(agent_tokens, 1)).astype(np.float32)
+    raise ValueError(f"loss aggregation must be one of {LOSS_AGGREGATIONS}, got {aggregation!r}")
 
 
 def staleness(table: pa.Table, trainer_version: int) -> np.ndarray:

@@ -38,9 +38,10 @@ def behaviour_cloning_step(
 ) -> StepOutcome:
     """One supervised update: mean NLL over all agent tokens of the batch."""
 
-    def micro_batch_loss(index: int, mb: MicroBatch, total_tokens: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def micro_batch_loss(index: int, mb: MicroBatch, total_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+        # BC micro-batches are built with token_mean weights: total_weight is the batch's token count.
         logprobs, entropy = agent_token_logprobs(policy, mb, entropy=True, full_logits=full_logits)  # (N,), (N,)
-        loss, metrics = behaviour_cloning_loss(logprobs, normalizer=total_tokens)
+        loss, metrics = behaviour_cloning_loss(logprobs, normalizer=total_weight)
         return loss, {**metrics, "entropy": entropy.mean()}
 
     optimizer.zero_grad(set_to_none=True)

@@ -62,13 +62,15 @@ def decoupled_ppo_loss(
     kl_coef: float = 0.0,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
-    normalizer: int | None = None,
+    normalizer: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Decoupled PPO objective with truncated importance weights; returns (loss, metrics).
 
     logprobs: log pi_theta(token) with gradient; proximal_logprobs, behavior_logprobs,
     reference_logprobs: no gradient; advantages: the trajectory's advantage on each of its tokens;
-    entropy: entropy of pi_theta at each token (with gradient when entropy_coef > 0).
+    entropy: entropy of pi_theta at each token (with gradient when entropy_coef > 0);
+    token_weights: each token's share of the loss (default 1; the loss is the weighted sum / normalizer).
     """
     ratio = (logprobs - proximal_logprobs).exp()
     clipped_ratio = ratio.clamp(1 - clip_eps, 1 + clip_eps)
@@ -79,6 +81,8 @@ def decoupled_ppo_loss(
     kl_term = kl_coef * k3_kl(logprobs, reference_logprobs) if reference_logprobs is not None else 0.0
     entropy_term = -entropy_coef * entropy if entropy is not None and entropy_coef else 0.0
     per_token_loss = policy_term + kl_term + entropy_term
+    if token_weights is not None:
+        per_token_loss = per_token_loss * token_weights
 
     count = token_count(logprobs, mask)
     normalizer = count if normalizer is None else normalizer

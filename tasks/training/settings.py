@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dartflow.tasks.training.advantages import ADVANTAGE_ESTIMATORS
+from dartflow.tasks.training.batching import LOSS_AGGREGATIONS
 from dartflow.tasks.training.schedule import LR_SCHEDULES
 
 PROXIMAL_MODES = ("reuse", "recompute")
@@ -28,6 +29,7 @@ class TrainerSettings:
     clip_eps: float = 0.2
     importance_weight_cap: float = 5.0
     advantage: str = "grpo"
+    loss_aggregation: str = "token_mean"  # see batching.LOSS_AGGREGATIONS
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     checkpoint_keep: int = 3
@@ -47,6 +49,7 @@ class TrainerSettings:
     def __post_init__(self) -> None:
         checks = {
             "advantage": (self.advantage, tuple(ADVANTAGE_ESTIMATORS)),
+            "loss_aggregation": (self.loss_aggregation, LOSS_AGGREGATIONS),
             "lr_schedule": (self.lr_schedule, LR_SCHEDULES),
             "proximal_logprobs": (self.proximal_logprobs, PROXIMAL_MODES),
         }

@@ -2,7 +2,8 @@
 
 Reads top to bottom like the paper's update:
 1. proximal log-probs: the policy at the start of the step, no gradient;
-2. for each micro-batch: current log-probs, loss (token sum / tokens of the whole batch), backward;
+2. for each micro-batch: current log-probs, loss (weighted token sum / the whole batch's total
+   token weight: its token count under token_mean), backward;
 3. clip the gradient norm; if the loss or the gradient is not finite, drop the gradient and leave
    weights and optimizer state untouched (the step is reported as skipped, never a NaN model);
 4. AdamW step at the scheduled learning rate.
@@ -23,7 +24,7 @@ from dartflow.tasks.training.logprobs import agent_token_logprobs
 from dartflow.tasks.training.losses import decoupled_ppo_loss
 from dartflow.tasks.training.settings import TrainerSettings
 
-MicroBatchLoss = Callable[[int, MicroBatch, int], tuple[Tensor, dict[str, Tensor]]]
+MicroBatchLoss = Callable[[int, MicroBatch, float], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,10 @@ def accumulate_gradients(
     micro_batches: list[MicroBatch], micro_batch_loss: MicroBatchLoss
 ) -> tuple[float, dict[str, float]]:
     """Backward of every micro-batch's loss; returns (batch loss, metrics). Stops at a non-finite loss."""
-    total_tokens = sum(mb.num_loss_tokens for mb in micro_batches)
+    total_weight = sum(float(mb.token_weights.sum()) for mb in micro_batches)  # token count under token_mean
     batch_loss, accumulated = 0.0, MetricAccumulator()
     for index, micro_batch in enumerate(micro_batches):
-        loss, metrics = micro_batch_loss(index, micro_batch, total_tokens)
+        loss, metrics = micro_batch_loss(index, micro_batch, total_weight)
         if not torch.isfinite(loss):
             return math.nan, accumulated.result()  # no backward: nothing of it may reach the weights
         loss.backward()
@@ -114,7 +115,7 @@ def policy_gradient_step(
     if settings.proximal_logprobs == "recompute":
         recomputed = proximal_logprobs(policy, micro_batches, full_logits=full_logits)
 
-    def micro_batch_loss(index: int, mb: MicroBatch, total_tokens: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def micro_batch_loss(index: int, mb: MicroBatch, total_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
         logprobs, entropy = agent_token_logprobs(
             policy, mb, entropy=True, entropy_grad=settings.entropy_coef > 0, full_logits=full_logits
         )  # (N,), (N,)
@@ -133,7 +134,8 @@ def policy_gradient_step(
             kl_coef=settings.kl_coef,
             entropy=entropy,
             entropy_coef=settings.entropy_coef,
-            normalizer=total_tokens,
+            normalizer=total_weight,
+            token_weights=mb.token_weights[mb.loss_mask],
         )
 
     optimizer.zero_grad(set_to_none=True)

@@ -102,7 +102,7 @@ class Trainer:
         rewards = torch.from_numpy(batch["reward"].to_numpy().astype(np.float64))  # (n,)
         groups = group_index(batch["group_id"].to_pylist())  # (n,)
         advantages = compute_advantages(rewards, groups, self.settings.advantage)  # (n,)
-        micro_batches = self._micro_batches(batch, advantages)
+        micro_batches = self._micro_batches(batch, advantages, self.settings.loss_aggregation)
         lr = learning_rate(
             self.rl_steps,
             base_lr=self.settings.lr,
@@ -129,7 +129,7 @@ class Trainer:
     def bc_step(self, batch: pa.Table) -> StepReport:
         """One behaviour-cloning step (NLL of the agent tokens) on demonstration rows."""
         started = time.perf_counter()
-        micro_batches = self._micro_batches(batch, torch.zeros(batch.num_rows))
+        micro_batches = self._micro_batches(batch, torch.zeros(batch.num_rows), "token_mean")
         lr = self.settings.bc_lr if self.settings.bc_lr is not None else self.settings.lr
         outcome = behaviour_cloning_step(
             self.policy, self.optimizer, micro_batches,
@@ -139,9 +139,10 @@ class Trainer:
             self.bc_steps += 1
         return self._report(outcome, micro_batches, batch, lr, started, {})
 
-    def _micro_batches(self, batch: pa.Table, advantages: torch.Tensor) -> list[MicroBatch]:
+    def _micro_batches(self, batch: pa.Table, advantages: torch.Tensor, aggregation: str) -> list[MicroBatch]:
         micro_batches = build_micro_batches(
-            batch, advantages, micro_batch_size=self.settings.micro_batch_size, pad_token_id=self.pad_token_id
+            batch, advantages, micro_batch_size=self.settings.micro_batch_size, pad_token_id=self.pad_token_id,
+            aggregation=aggregation,
         )
         longest = max((mb.input_ids.shape[1] for mb in micro_batches), default=0)
         if self.max_length is not None and longest > self.max_length:

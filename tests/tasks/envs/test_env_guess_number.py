@@ -176,3 +176,26 @@ def test_high_is_shorthand_for_one_level_with_binary_search_turns_plus_one():
 def test_bad_params_name_the_param(params, message):
     with pytest.raises(EnvironmentConfigError, match=message):
         GuessNumberEnv(**params)
+
+
+def test_step_reward_adds_the_consistency_bonus_only_when_consistent():
+    assert step_reward(False, True, 0.0, 0.0, True, 0.1) == pytest.approx(0.1)
+    assert step_reward(False, True, 0.0, 0.0, False, 0.1) == 0.0
+    assert step_reward(True, True, 0.01, 0.0, True, 0.1) == pytest.approx(1.09)
+
+
+def test_consistent_guess_bonus_rewards_guesses_the_answers_leave_open():
+    env = GuessNumberEnv(consistent_guess_bonus=0.1)
+    env.reset(problem(secret=37))
+    # By hand: [1, 100] open; 50 -> lower leaves [1, 49]; 60 is inconsistent; 25 -> higher leaves [26, 49];
+    # 20 is inconsistent (but valid); 40 is consistent; 37 solves (consistent too).
+    rewards = [env.step(guess).reward for guess in ("50", "60", "25", "20", "40", "37")]
+    assert rewards == pytest.approx([0.1, 0.0, 0.1, 0.0, 0.1, 1.1])
+
+
+def test_consistent_guess_bonus_is_never_paid_for_invalid_guesses():
+    env = GuessNumberEnv(consistent_guess_bonus=0.1)
+    env.reset(problem(secret=37))
+    assert env.step("fifty").reward == 0.0
+    assert env.step("101").reward == 0.0
+    assert env.step("99").reward == pytest.approx(0.1)

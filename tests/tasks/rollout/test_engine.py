@@ -304,6 +304,20 @@ def test_32_concurrent_generations_share_the_engine(engine, run, prompt_ids, rec
 
 @pytest.mark.slow
 @UNTIED_ONLY
+def test_seeded_requests_whose_prompts_exceed_one_step_budget_do_not_crash_the_engine(engine, run, prompt_ids):
+    # 24 seeded prompts of ~600 tokens (14k tokens) cannot be prefilled in one scheduler step; with
+    # chunked prefill, vLLM's CPU worker died on the first seeded request it had to split.
+    long_prompt = (prompt_ids * (600 // len(prompt_ids) + 1))[:600]
+    generations = run(gather([
+        engine.generate(long_prompt, max_new_tokens=4, sampling=SamplingSettings(seed=seed)) for seed in range(24)
+    ]))
+    assert all(1 <= generation.num_tokens <= 4 for generation in generations)
+    again = run(engine.generate(long_prompt, max_new_tokens=4, sampling=SamplingSettings(seed=5)))
+    assert again.token_ids == generations[5].token_ids  # seeds still reproduce
+
+
+@pytest.mark.slow
+@UNTIED_ONLY
 def test_stop_token_ends_the_response_and_is_kept(engine, run, prompt_ids):
     free = run(engine.generate(prompt_ids, max_new_tokens=24, sampling=SamplingSettings(seed=3)))
     stop_token = free.token_ids[4]

@@ -1,5 +1,6 @@
 """Arrow batch -> padded tensors: multi-turn credit, masks, merging of turns, micro-batches."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,29 @@ def test_padded_micro_batch_log_probs_equal_each_sequence_scored_alone(tiny_mode
     first_row = padded.rows.tolist().index(0)
     start = int(padded.loss_mask[:first_row].sum())
     assert torch.allclose(together[start : start + expected.numel()], expected, atol=1e-5)
+
+
+def test_token_weights_by_hand_for_both_aggregations():
+    from dartflow.tasks.training.batching import token_weights_per_row
+
+    agent_tokens = np.array([2, 8, 0])
+    assert token_weights_per_row(agent_tokens, "token_mean").tolist() == [1.0, 1.0, 1.0]
+    assert token_weights_per_row(agent_tokens, "trajectory_mean").tolist() == [0.5, 0.125, 1.0]
+    with pytest.raises(ValueError, match="loss aggregation must be one of"):
+        token_weights_per_row(agent_tokens, "sequence_sum")
+
+
+def test_trajectory_mean_spreads_one_unit_of_weight_over_each_trajectorys_agent_tokens():
+    short = trajectory([turn([5, 6, 7], [8, 9], [-0.1, -0.2])])  # 2 agent tokens
+    long = trajectory([turn([5, 6], [8], [-0.1]), turn([5, 6, 8, 10], [11, 12], [-0.2, -0.3])])  # 3 agent tokens
+    batch = table([short, long])
+    for aggregation, expected_short, expected_long in (("token_mean", 1.0, 1.0), ("trajectory_mean", 1 / 2, 1 / 3)):
+        (micro_batch,) = build_micro_batches(
+            batch, torch.tensor([1.0, -1.0]), micro_batch_size=2, pad_token_id=0, aggregation=aggregation
+        )
+        weights = {int(row): micro_batch.token_weights[i][micro_batch.loss_mask[i]].tolist()
+                   for i, row in enumerate(micro_batch.rows)}
+        assert weights[0] == pytest.approx([expected_short] * 2)
+        assert weights[1] == pytest.approx([expected_long] * 3)
+        assert float(micro_batch.token_weights[~micro_batch.loss_mask].abs().sum()) == 0.0
+    assert float(micro_batch.token_weights.sum()) == pytest.approx(2.0)  # one per trajectory

@@ -89,6 +89,19 @@ def test_normalizer_divides_by_the_tokens_of_the_whole_batch():
     assert loss.item() == pytest.approx(-2 / 8)
 
 
+def test_trajectory_weights_make_a_group_of_unequal_lengths_sum_to_zero():
+    # A success (advantage +1, 1 token) and a failure (advantage -1, 3 tokens), fresh tokens.
+    logprobs = torch.full((4,), -1.0, requires_grad=True)
+    advantages = torch.tensor([1.0, -1.0, -1.0, -1.0])
+    token_mean, _ = ppo(logprobs, logprobs.detach(), logprobs.detach(), advantages)
+    assert token_mean.item() == pytest.approx(-(1 - 3) / 4)  # the failure's tokens outvote the success
+    weights = torch.tensor([1.0, 1 / 3, 1 / 3, 1 / 3])
+    loss, _ = ppo(logprobs, logprobs.detach(), logprobs.detach(), advantages, token_weights=weights, normalizer=2.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert logprobs.grad.tolist() == pytest.approx([-1 / 2, 1 / 6, 1 / 6, 1 / 6])  # -A * w / 2
+
+
 def test_k3_kl_matches_its_formula_and_is_zero_at_equality():
     # d = reference - logprob = -1: e^-1 + 1 - 1
     assert k3_kl(torch.tensor(-1.0), torch.tensor(-2.0)).item() == pytest.approx(math.exp(-1))
