@@ -145,9 +145,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dartflow: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from dartflow.flows.interrupts import RunInterrupted
+
+        if isinstance(exc, RunInterrupted):  # a train run stopped cleanly (flows/interrupts.py)
+            where = f"at version {exc.version}" if exc.version is not None else "before its first checkpoint"
+            print(f"dartflow: {_interrupted(exc.reason)} {where}; resume with: {_resume_command(args, exc.run_name)}",
+                  file=sys.stderr)
+            return exc.exit_code
         print("dartflow: interrupted", file=sys.stderr)
         return 130
+
+
+def _interrupted(reason: str) -> str:
+    return "cancelled in Prefect" if reason == "cancelled in Prefect" else f"interrupted ({reason})"
+
+
+def _resume_command(args: argparse.Namespace, run_name: str | None) -> str:
+    """The `dartflow train ... --resume` that continues the run `args` started."""
+    import shlex
+
+    words = ["dartflow", "train"]
+    if getattr(args, "mode", "async") != "async":
+        words += ["--mode", args.mode]
+    words += [args.config] if args.config else []
+    words += args.overrides
+    if args.command != "train" and run_name:  # quickstart picks a run name not used yet
+        words.append(f"run_name={run_name}")
+    return shlex.join([*words, "--resume"])
 
 
 def _dispatch(args: argparse.Namespace) -> int:

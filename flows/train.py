@@ -290,7 +290,7 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
     progress = TrainProgress(target, trainer.rl_steps, started=state.started)
     first_eval = await evaluate_task(state, trainer.version)
     progress.evaluated(trainer.version, first_eval)
-    background = asyncio.create_task(rollout(state)) if mode == "async" else None
+    background = asyncio.create_task(rollout(state)) if mode == "async" and trainer.rl_steps < target else None
     try:
         while trainer.rl_steps < target:
             if background is not None and background.done():
@@ -326,24 +326,70 @@ def summary_table(state: RunState, summary: dict) -> list[dict[str, str]]:
     return summary_rows(state.tracker.latest_metrics(), summary)
 
 
+INTERRUPT_WAIT_S = 300.0  # longest wait for a training step cut off by an interrupt
+ENGINE_STOP_S = 6.0  # after an interrupt: vLLM's shutdown gives its engine core 5 s, then we kill what is left
+
+
 async def close_run(state: RunState) -> None:
-    """Stop modules, log plots and the final policy, end the MLflow run. Safe after any failure."""
-    failed = False
+    """Stop modules and end the MLflow run: FINISHED with plots, a final checkpoint and the registered
+    policy; after Ctrl-C/SIGTERM/a Prefect cancellation (KILLED) or a failure (FAILED) with the latest
+    checkpoint matching the store's lineage and nothing registered. Safe after any failure; runs in the
+    flow body's `finally`, whose exception (if any) tells how the run ends."""
+    import sys
+
+    from dartflow.flows import interrupts
+
+    error = sys.exc_info()[1]
+    stopped = interrupts.requested()
+    if stopped is None and isinstance(error, asyncio.CancelledError):
+        stopped = "cancelled"
+    interrupts.begin_closing()
+    settled = True
+    if stopped or error is not None:
+        # A training step cut off by the cancellation goes on in its thread: let it end first.
+        settled = await interrupts.wait_for_threads(INTERRUPT_WAIT_S)
     for closer in (getattr(state.service, "close", None),):
         if closer is not None:
             closer()
     if state.cluster is not None:
         await state.cluster.close()
     if state.engine is not None:
-        await state.engine.shutdown()
+        # On Ctrl-C the engine's processes got the signal too; one may hang in vLLM's own shutdown.
+        await (state.engine.shutdown(timeout_s=ENGINE_STOP_S) if stopped else state.engine.shutdown())
     if state.tracker is None:
         return
+    if stopped or error is not None:
+        how = f"stopped ({stopped})" if stopped else "failed"
+        if settled and state.trainer is not None:
+            version = await asyncio.to_thread(keep_consistent_checkpoint, state)
+            print(f"dartflow: run '{state.config.run_name}' {how}; latest checkpoint: version {version}", flush=True)
+        else:
+            print(f"dartflow: a training step did not end within {INTERRUPT_WAIT_S:.0f} s: no checkpoint written now")
+        state.tracker.set_tags({"dartflow.end": how})
+        state.tracker.end("KILLED" if stopped else "FAILED")
+        return
+    failed = False
     try:
         await asyncio.to_thread(finish_tracking, state)
-    except Exception as error:  # the run's data is safe in the stores; say what failed
+    except Exception as exc:  # the run's data is safe in the stores; say what failed
         failed = True
-        print(f"dartflow: logging the final plots/policy failed: {error}")
+        print(f"dartflow: logging the final plots/policy failed: {exc}")
     state.tracker.end("FINISHED" if not failed else "FAILED")
+
+
+def keep_consistent_checkpoint(state: RunState) -> int | None:
+    """Checkpoint the trainer's version if the store recorded the batch of the step that made it;
+    otherwise keep the latest checkpoint (the step's batch is still unconsumed and trains after
+    --resume, once). Returns the latest checkpoint's version."""
+    from dartflow.tasks.training.checkpoints import list_checkpoints
+
+    trainer = state.trainer
+    saved = list_checkpoints(trainer.checkpoint_root)
+    latest = saved[-1][0] if saved else None
+    if trainer.version != latest and state.store is not None and state.store.lineage(trainer.version - 1).num_rows:
+        trainer.save_checkpoint()
+        return trainer.version
+    return latest
 
 
 def finish_tracking(state: RunState) -> None:
@@ -364,14 +410,25 @@ def finish_tracking(state: RunState) -> None:
 
 
 def run_train(config: RunConfig, *, mode: str = "async", resume: bool = False) -> dict:
-    """Entry point of `dartflow train`: runs the Prefect flow in this process."""
+    """Entry point of `dartflow train`: runs the Prefect flow in this process. Ctrl-C, SIGTERM or a
+    cancellation in Prefect stop it cleanly and raise `interrupts.RunInterrupted` (flows/interrupts.py)."""
     if mode not in ("async", "sync"):
         raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
     if mode == "sync":
         config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"max_staleness": 0})})
+    from dartflow.flows import interrupts
+
     configure_prefect(config)
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    train_flow = build_flow()
-    return asyncio.run(
-        train_flow(config=config.model_dump(mode="json"), run_name=config.run_name, mode=mode, resume=resume)
-    )
+    train_flow = build_flow().with_options(on_running=[interrupts.watch_prefect_cancellation])
+    interrupts.start_prefect_api()
+    try:
+        return interrupts.run_interruptibly(
+            lambda: train_flow(config=config.model_dump(mode="json"), run_name=config.run_name, mode=mode, resume=resume)
+        )
+    except interrupts.RunInterrupted as stopped:  # Ctrl-C, SIGTERM, a Prefect cancellation: say where it stands
+        from dartflow.tasks.training.checkpoints import list_checkpoints
+
+        saved = list_checkpoints(config.work_dir / "runs" / config.run_name / "checkpoints")
+        stopped.version, stopped.run_name = (saved[-1][0] if saved else None), config.run_name
+        raise

@@ -18,7 +18,7 @@ from typing import Any
 
 from dartflow.storage.records import TrajectoryRecord, TurnRecord
 from dartflow.tasks.envs.protocol import Problem
-from dartflow.tasks.envs.registry import make_environment, make_problem_source
+from dartflow.tasks.envs.registry import LATENCY_KEY, make_environment, make_problem_source
 from dartflow.tasks.rollout.prompts import ChatPrompter, action_format_of
 
 # A demonstration has no sampling distribution: its behaviour log-probs are recorded as 0 (p = 1)
@@ -59,7 +59,8 @@ def scripted_episode(
     run_id: str | None = None,
 ) -> TrajectoryRecord:
     """Play one episode with `script` in-process and record it as the rollout service would."""
-    environment = make_environment(problem.environment, params)
+    # Scripted play is offline: the simulated latency of the run's environments would only slow it.
+    environment = make_environment(problem.environment, {k: v for k, v in params.items() if k != LATENCY_KEY})
     try:
         observation = environment.reset(problem)
         first_observation = observation
