@@ -15,8 +15,7 @@ import time
 
 import psutil
 import pytest
-import yaml
-from test_train_flow import DARTFLOW, SMALL
+from test_train_flow import DARTFLOW, SMALL, small_run
 
 INTERRUPTED = re.compile(r"dartflow: interrupted \(SIGINT\) at version (\d+); resume with: (.+)$")
 
@@ -39,11 +38,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     from dartflow.tasks.training.checkpoints import list_checkpoints
 
     steps, bc_versions = 6, SMALL["training"]["bc_steps"]
-    config = tmp_path / "small.yaml"
-    small = {**SMALL, "work_dir": str(tmp_path / "work"), "training": {**SMALL["training"], "steps": steps}}
-    small["evaluation"] = {"every_versions": 0, "heldout_problems": 2}
-    config.write_text(yaml.safe_dump(small))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    config, env = small_run(tmp_path, steps)
     process = subprocess.Popen(
         [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,  # its own process group, like a job in a terminal

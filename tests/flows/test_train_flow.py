@@ -25,6 +25,16 @@ SMALL = {
     "tracking": {"checkpoint_artifact_every": 2, "model_name": "e2e-policy"},
 }
 
+def small_run(tmp_path, steps: int) -> tuple[Path, dict[str, str]]:
+    """A SMALL config of `steps` RL steps without periodic evaluation, and the environment of its process."""
+    config = tmp_path / "small.yaml"
+    small = {**SMALL, "work_dir": str(tmp_path / "work"), "training": {**SMALL["training"], "steps": steps}}
+    small["evaluation"] = {"every_versions": 0, "heldout_problems": 2}
+    config.write_text(yaml.safe_dump(small))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return config, env
+
+
 PREFECT_QUERY = textwrap.dedent(
     """
     import asyncio, json, sys
@@ -116,12 +126,8 @@ def test_resume_after_sigkill_loses_nothing_and_trains_nothing_twice(tmp_path):
     import signal
     import time
 
-    config = tmp_path / "small.yaml"
     steps = 6
-    small = {**SMALL, "work_dir": str(tmp_path / "work"), "training": {**SMALL["training"], "steps": steps}}
-    small["evaluation"] = {"every_versions": 0, "heldout_problems": 2}
-    config.write_text(yaml.safe_dump(small))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    config, env = small_run(tmp_path, steps)
     process = subprocess.Popen(
         [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
