@@ -150,6 +150,13 @@ class TrainingConfig(_Section):
         5.0, ge=1, description="Cap C of the truncated importance weight min(exp(proximal - behavior), C)."
     )
     advantage: Literal["grpo", "grpo_no_std", "rloo"] = Field("grpo", description="Group advantage estimator.")
+    credit: Literal["trajectory", "reward_to_go"] = Field(
+        "trajectory",
+        description="Multi-turn credit: every turn gets its trajectory's advantage (trajectory), or turn t gets the "
+        "return from t on compared with turn t of the other episodes of its group (reward_to_go: an action is "
+        "judged by what came after it; per-turn shaping rewards then reach the turn that earned them).",
+    )
+    discount: float = Field(1.0, ge=0, le=1, description="Discount of later turns' rewards in a reward_to_go return.")
     loss_aggregation: Literal["token_mean", "trajectory_mean"] = Field(
         "token_mean",
         description="How a batch's tokens share the loss: every token alike (token_mean), or every trajectory "

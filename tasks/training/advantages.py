@@ -5,6 +5,10 @@ The baseline comes from the group itself, so no value network is needed (GRPO, S
 https://arxiv.org/abs/2402.03300; RLOO, Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740).
 One function per estimator, picked by `TrainingConfig.advantage`. Groups are computed over the
 trajectories present in the batch; a group of one carries no signal (advantage 0).
+
+Multi-turn credit (`TrainingConfig.credit`, see `turn_advantages`): "trajectory" gives each turn its
+trajectory's advantage; "reward_to_go" gives turn t the return from t on, compared with the same
+turn of the other trajectories of its group, so a turn is credited only with what came after it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,62 @@ def compute_advantages(rewards: torch.Tensor, groups: torch.Tensor, estimator: s
     except KeyError:
         raise ValueError(f"unknown advantage estimator {estimator!r}; one of {sorted(ADVANTAGE_ESTIMATORS)}") from None
     return advantage_fn(rewards, groups)
+
+
+CREDIT_MODES = ("trajectory", "reward_to_go")
+
+
+def rewards_to_go(turn_rewards: Sequence[float], discount: float = 1.0) -> list[float]:
+    """G_t = sum over k >= t of discount^(k-t) r_k, for every turn t of one trajectory."""
+    returns, running = [0.0] * len(turn_rewards), 0.0
+    for turn in range(len(turn_rewards) - 1, -1, -1):
+        running = float(turn_rewards[turn]) + discount * running
+        returns[turn] = running
+    return returns
+
+
+def turn_advantages(
+    rewards: torch.Tensor, turn_rewards: Sequence[Sequence[float]], groups: torch.Tensor, estimator: str, *,
+    credit: str = "trajectory", discount: float = 1.0,
+) -> torch.Tensor:
+    """Advantage of every turn of every trajectory. Shape (n, most turns), 0 past a trajectory's end.
+
+    `rewards` (n,): each trajectory's total reward; `turn_rewards`: the reward after each turn.
+    "trajectory": each turn gets the trajectory's group advantage of its total reward.
+    "reward_to_go": turn t's return-to-go is compared with the returns-to-go at turn t of the other
+    trajectories of its group that lasted that long (`estimator` over those cells), so an action is
+    judged by its consequences only, against the same point of the same problem's other episodes
+    (a per-step baseline; a turn no other episode reached carries no signal). A total that is not
+    the sum of the turn rewards (a reward given for the whole episode) counts at the last turn.
+    """
+    if credit not in CREDIT_MODES:
+        raise ValueError(f"credit must be one of {CREDIT_MODES}, got {credit!r}")
+    num_rows = len(turn_rewards)
+    if rewards.shape != (num_rows,) or groups.shape != (num_rows,):
+        raise ValueError(f"rewards {tuple(rewards.shape)} and groups {tuple(groups.shape)} must be ({num_rows},)")
+    width = max((len(per_turn) for per_turn in turn_rewards), default=0)
+    result = torch.zeros((num_rows, width), dtype=torch.float64)
+    if num_rows == 0:
+        return result
+    if credit == "trajectory":
+        per_row = compute_advantages(rewards.to(torch.float64), groups, estimator)
+        for row, per_turn in enumerate(turn_rewards):
+            result[row, : len(per_turn)] = per_row[row]
+        return result
+    rows, turns, returns, cells = [], [], [], []
+    for row, per_turn in enumerate(turn_rewards):
+        per_turn = [float(value) for value in per_turn]
+        if per_turn:
+            per_turn[-1] += float(rewards[row]) - sum(per_turn)
+        for turn, value in enumerate(rewards_to_go(per_turn, discount)):
+            rows.append(row)
+            turns.append(turn)
+            returns.append(value)
+            cells.append(int(groups[row]) * width + turn)  # one cell per (group, turn)
+    cell_index = group_index([str(cell) for cell in cells])
+    flat = compute_advantages(torch.tensor(returns, dtype=torch.float64), cell_index, estimator)
+    result[torch.tensor(rows), torch.tensor(turns)] = flat
+    return result
 
 
 def zero_signal_group_fraction(rewards: torch.Tensor, groups: torch.Tensor) -> float:

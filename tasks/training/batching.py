@@ -1,7 +1,8 @@
 """From an Arrow batch of trajectories (storage/schema.py) to padded tensors with loss masks.
 
-Multi-turn credit: the trajectory's advantage goes to every token the agent generated, in every
-turn; prompt and observation tokens are in the input but masked out of the loss.
+Multi-turn credit: each turn's advantage (advantages.turn_advantages: the trajectory's, or the
+turn's own under reward-to-go credit) goes to every token the agent generated in that turn; prompt
+and observation tokens are in the input but masked out of the loss.
 
 Each turn's `prompt_token_ids` is the whole context the engine was given (history included), and
 the behaviour log-probs were computed on exactly that context. When turn k+1's prompt starts with
@@ -31,6 +32,7 @@ class TokenSequence:
     token_ids: np.ndarray  # (T,) int64
     agent_mask: np.ndarray  # (T,) bool: the agent sampled this token (and it has a prefix)
     behavior_logprobs: np.ndarray  # (T,) float32, 0 off the agent tokens
+    turn_of_token: np.ndarray  # (T,) int64: the trajectory's turn that sampled the token, -1 off the agent tokens
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class MicroBatch:
     input_ids: torch.Tensor  # (B, T) int64
     loss_mask: torch.Tensor  # (B, T) bool: token t is an agent token (predicted from column t-1)
     behavior_logprobs: torch.Tensor  # (B, T) float32, 0 off the mask
-    advantages: torch.Tensor  # (B, T) float32, the trajectory's advantage on its agent tokens
+    advantages: torch.Tensor  # (B, T) float32, the advantage of each agent token's turn, 0 off the mask
     token_weights: torch.Tensor  # (B, T) float32: each agent token's share of the loss (see LOSS_AGGREGATIONS), 0 off the mask
     rows: torch.Tensor  # (B,) int64: trajectory row in the batch of each sequence
     lengths: torch.Tensor  # (B,) int64: tokens of each sequence before padding
@@ -72,7 +74,7 @@ def trajectory_sequences(table: pa.Table) -> list[TokenSequence]:
     _, logprob_offsets, logprob_values = _nested_lists(table["behavior_logprobs"])
     sequences: list[TokenSequence] = []
     for row in range(table.num_rows):
-        pieces: list[tuple[np.ndarray, bool, np.ndarray | None]] = []
+        pieces: list[tuple[np.ndarray, int, np.ndarray | None]] = []  # (tokens, turn or -1, behaviour)
         context = np.zeros(0, dtype=np.int64)  # tokens of the sequence being built
         for turn in range(row_turns[row], row_turns[row + 1]):
             prompt = prompt_values[prompt_offsets[turn] : prompt_offsets[turn + 1]].astype(np.int64)
@@ -83,50 +85,63 @@ def trajectory_sequences(table: pa.Table) -> list[TokenSequence]:
                 sequences.append(_assemble(row, pieces))
                 pieces, context = [], np.zeros(0, dtype=np.int64)
             new_context = prompt[context.size :]
-            pieces += [(new_context, False, None), (response, True, behavior)]
+            pieces += [(new_context, -1, None), (response, turn - row_turns[row], behavior)]
             context = np.concatenate([context, new_context, response])
         if pieces:
             sequences.append(_assemble(row, pieces))
     return sequences
 
 
-def _assemble(row: int, pieces: list[tuple[np.ndarray, bool, np.ndarray | None]]) -> TokenSequence:
+def _assemble(row: int, pieces: list[tuple[np.ndarray, int, np.ndarray | None]]) -> TokenSequence:
     token_ids = np.concatenate([tokens for tokens, _, _ in pieces])
-    agent_mask = np.concatenate([np.full(tokens.size, is_agent) for tokens, is_agent, _ in pieces])
+    turn_of_token = np.concatenate([np.full(tokens.size, turn, dtype=np.int64) for tokens, turn, _ in pieces])
+    agent_mask = turn_of_token >= 0
     behavior = np.concatenate(
         [np.zeros(tokens.size, np.float32) if lp is None else lp.astype(np.float32) for tokens, _, lp in pieces]
     )
     agent_mask[:1] = False  # the first token has no prefix to be predicted from
-    return TokenSequence(row, token_ids, agent_mask, behavior)
+    turn_of_token[~agent_mask] = -1
+    return TokenSequence(row, token_ids, agent_mask, behavior, turn_of_token)
 
 
 def collate(
     sequences: list[TokenSequence], advantages: torch.Tensor, pad_token_id: int, row_weights: torch.Tensor | None = None
 ) -> MicroBatch:
-    """Right-pad `sequences` into one MicroBatch; `advantages` and `row_weights` (n,), the weight of
-    each agent token of a trajectory (default 1), are indexed by trajectory row."""
+    """Right-pad `sequences` into one MicroBatch. `advantages`: (n,) one per trajectory row, or
+    (n, turns) one per turn of each row; `row_weights` (n,): the weight of each agent token of a
+    trajectory (default 1)."""
     width = max(seq.token_ids.size for seq in sequences)
     input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)  # (B, T)
     loss_mask = np.zeros((len(sequences), width), dtype=bool)  # (B, T)
     behavior = np.zeros((len(sequences), width), dtype=np.float32)  # (B, T)
+    token_turns = np.full((len(sequences), width), -1, dtype=np.int64)  # (B, T)
     for i, seq in enumerate(sequences):
         input_ids[i, : seq.token_ids.size] = seq.token_ids
         loss_mask[i, : seq.token_ids.size] = seq.agent_mask
         behavior[i, : seq.token_ids.size] = seq.behavior_logprobs
+        token_turns[i, : seq.token_ids.size] = seq.turn_of_token
     rows = torch.tensor([seq.row for seq in sequences], dtype=torch.int64)  # (B,)
     loss_mask_t = torch.from_numpy(loss_mask)
-    per_sequence_advantage = advantages.to(torch.float32)[rows]  # (B,)
     return MicroBatch(
         input_ids=torch.from_numpy(input_ids),
         loss_mask=loss_mask_t,
         behavior_logprobs=torch.from_numpy(behavior),
-        advantages=per_sequence_advantage[:, None].expand(-1, width) * loss_mask_t,
+        advantages=_token_advantages(advantages, rows, torch.from_numpy(token_turns)) * loss_mask_t,
         token_weights=(
             torch.ones(len(sequences)) if row_weights is None else row_weights.to(torch.float32)[rows]
         )[:, None].expand(-1, width) * loss_mask_t,
         rows=rows,
         lengths=torch.tensor([seq.token_ids.size for seq in sequences], dtype=torch.int64),
     )
+
+
+def _token_advantages(advantages: torch.Tensor, rows: torch.Tensor, token_turns: torch.Tensor) -> torch.Tensor:
+    """(B, T) advantage of each token's row (advantages (n,)) or of its row's turn (advantages (n, turns))."""
+    advantages = advantages.to(torch.float32)
+    if advantages.dim() == 1:
+        return advantages[rows][:, None].expand_as(token_turns)
+    per_turn = advantages[rows]  # (B, turns)
+    return torch.gather(per_turn, 1, token_turns.clamp(min=0, max=max(per_turn.shape[1] - 1, 0)))
 
 
 def build_micro_batches(
@@ -137,10 +152,17 @@ def build_micro_batches(
 
     Sorting by length keeps padding low; it changes nothing else, since the loss is a weighted sum
     over the whole batch divided by the batch's total weight. `advantages`: (num_rows,), one per
-    trajectory; `aggregation`: how the batch's tokens share the loss (LOSS_AGGREGATIONS).
+    trajectory, or (num_rows, turns), one per turn (turns >= the most turns of a row);
+    `aggregation`: how the batch's tokens share the loss (LOSS_AGGREGATIONS).
     """
-    if advantages.shape != (table.num_rows,):
-        raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({table.num_rows},)")
+    most_turns = max(table["prompt_token_ids"].combine_chunks().value_lengths().to_pylist(), default=0) if table.num_rows else 0
+    if advantages.dim() not in (1, 2) or advantages.shape[0] != table.num_rows or (
+        advantages.dim() == 2 and advantages.shape[1] < most_turns
+    ):
+        raise ValueError(
+            f"advantages has shape {tuple(advantages.shape)}, expected ({table.num_rows},) or "
+            f"({table.num_rows}, >= {most_turns})"
+        )
     by_row: dict[int, list[TokenSequence]] = {}
     for seq in trajectory_sequences(table):
         by_row.setdefault(seq.row, []).append(seq)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from dartflow.tasks.training.advantages import ADVANTAGE_ESTIMATORS
+from dartflow.tasks.training.advantages import ADVANTAGE_ESTIMATORS, CREDIT_MODES
 from dartflow.tasks.training.batching import LOSS_AGGREGATIONS
 from dartflow.tasks.training.schedule import LR_SCHEDULES
 
@@ -29,6 +29,8 @@ class TrainerSettings:
     clip_eps: float = 0.2
     importance_weight_cap: float = 5.0
     advantage: str = "grpo"
+    credit: str = "trajectory"  # see advantages.CREDIT_MODES
+    discount: float = 1.0  # of later turns' rewards in a reward-to-go return
     loss_aggregation: str = "token_mean"  # see batching.LOSS_AGGREGATIONS
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
@@ -49,6 +51,7 @@ class TrainerSettings:
     def __post_init__(self) -> None:
         checks = {
             "advantage": (self.advantage, tuple(ADVANTAGE_ESTIMATORS)),
+            "credit": (self.credit, CREDIT_MODES),
             "loss_aggregation": (self.loss_aggregation, LOSS_AGGREGATIONS),
             "lr_schedule": (self.lr_schedule, LR_SCHEDULES),
             "proximal_logprobs": (self.proximal_logprobs, PROXIMAL_MODES),
@@ -56,6 +59,8 @@ class TrainerSettings:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"discount must be in [0, 1], got {self.discount}")
         if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
         if self.micro_batch_size < 1 or self.batch_size < 1:

@@ -26,7 +26,7 @@ import torch
 from transformers import AutoTokenizer
 
 from dartflow.tasks.training import checkpoints
-from dartflow.tasks.training.advantages import compute_advantages, group_index, zero_signal_group_fraction
+from dartflow.tasks.training.advantages import group_index, turn_advantages, zero_signal_group_fraction
 from dartflow.tasks.training.batching import MicroBatch, build_micro_batches, staleness
 from dartflow.tasks.training.bc import behaviour_cloning_step
 from dartflow.tasks.training.logprobs import head_matches_forward
@@ -101,7 +101,10 @@ class Trainer:
         started = time.perf_counter()
         rewards = torch.from_numpy(batch["reward"].to_numpy().astype(np.float64))  # (n,)
         groups = group_index(batch["group_id"].to_pylist())  # (n,)
-        advantages = compute_advantages(rewards, groups, self.settings.advantage)  # (n,)
+        advantages = turn_advantages(
+            rewards, batch["turn_rewards"].to_pylist(), groups, self.settings.advantage,
+            credit=self.settings.credit, discount=self.settings.discount,
+        )  # (n, most turns)
         micro_batches = self._micro_batches(batch, advantages, self.settings.loss_aggregation)
         lr = learning_rate(
             self.rl_steps,

@@ -46,6 +46,25 @@ def test_every_agent_token_of_every_turn_gets_its_trajectorys_advantage():
     assert micro_batch.num_loss_tokens == 4 and micro_batch.num_input_tokens == 9
 
 
+def test_per_turn_advantages_reach_each_turns_own_tokens_also_across_a_sequence_split():
+    records = [
+        trajectory([turn([1, 2], [3, 4]), turn([1, 2, 3, 4, 9], [5]), turn([7, 7], [6])], group="a", reward=1.0),
+        trajectory([turn([1, 2], [7])], group="a", reward=0.0),
+    ]  # row 0's third turn rewrites the history: a second sequence of the same row
+    per_turn = torch.tensor([[0.5, -0.25, 2.0], [-1.0, 0.0, 0.0]])
+    micro_batch, = build_micro_batches(table(records), per_turn, micro_batch_size=2, pad_token_id=0)
+    assert micro_batch.input_ids.tolist() == [[1, 2, 3, 4, 9, 5], [7, 7, 6, 0, 0, 0], [1, 2, 7, 0, 0, 0]]
+    assert micro_batch.advantages.tolist() == [
+        [0, 0, 0.5, 0.5, 0, -0.25], [0, 0, 2.0, 0, 0, 0], [0, 0, -1.0, 0, 0, 0],
+    ]
+
+
+def test_per_turn_advantages_must_cover_every_turn():
+    records = [trajectory([turn([1], [2]), turn([1, 2, 3], [4])])]
+    with pytest.raises(ValueError, match="advantages has shape"):
+        build_micro_batches(table(records), torch.zeros((1, 1)), micro_batch_size=1, pad_token_id=0)
+
+
 def test_micro_batches_hold_micro_batch_size_trajectories_longest_first():
     records = multi_turn_records(groups=1, group_size=5, vocab_size=50, seed=3)
     batch = table(records)
