@@ -21,6 +21,13 @@ commit costs ~5 ms whatever its size), each group whole in one commit.
 **Requeue.** An episode interrupted by a weight swap (in_flight_on_swap = "requeue") is not written:
 it is run again from the start, same problem and group, before anything new starts (metadata
 `attempt` counts its reruns; `rollout/requeued` counts them all).
+
+**Released capacity.** A started trajectory that turns out never trainable stops counting against
+the gate (staleness.py): at hand-off to the writer, members already too stale for the trainer's
+current version are released at once; the others wait (by id) until the trainer is two versions past
+their last trainable one, and are released if the sink's `lineage` (a TrajectoryStore's) does not
+show them consumed by then. A sink without `lineage` gets only the hand-off rule.
+`rollout/too_stale` counts the released trajectories.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from dartflow.tasks.rollout.episode import EpisodeSettings, run_episode
 from dartflow.tasks.rollout.metrics import OccupancyClock, RolloutCounters, rollout_metrics
 from dartflow.tasks.rollout.prompts import ChatPrompter
 from dartflow.tasks.rollout.sampler import GroupSampler, GroupSpec, UniformSampler
-from dartflow.tasks.rollout.staleness import StalenessBound, gate_state
+from dartflow.tasks.rollout.staleness import StalenessBound, gate_state, last_trainable_version, settle, too_stale
 
 if TYPE_CHECKING:
     from dartflow.config import RunConfig
@@ -133,6 +140,11 @@ class RolloutService:
         self._pending_groups: list[list[TrajectoryRecord]] = []  # finished, not yet handed to the writer
         self._write_in_flight: asyncio.Future | None = None
         self._groups_in_write = 0
+        # Released capacity (module doc): trajectories found never trainable, and the written ones
+        # that may still be trained (id -> min_policy_version) until the lineage settles them.
+        self._released = 0
+        self._pending: dict[str, int] = {}
+        self._lineage_next: int | None = None  # the next trainer version whose lineage is read
 
     @classmethod
     def from_config(
@@ -198,11 +210,17 @@ class RolloutService:
         """Trajectories started so far (written or in flight; reruns not counted), `already_produced` included."""
         return self._produced
 
+    @property
+    def released(self) -> int:
+        """Of `produced`, trajectories found too stale ever to be trained: they no longer count against the gate."""
+        return self._released
+
     def metrics(self) -> dict[str, float]:
         """`rollout/` metrics since the service first ran."""
         now = time.perf_counter()
         self.clock.advance(now)
-        return rollout_metrics(
+        gated = {"rollout/too_stale": float(self._released)} if self.bound is not None else {}
+        return gated | rollout_metrics(
             self.counters,
             self.clock,
             wall_s=now - self._started_at if self._started_at is not None else 0.0,
@@ -261,13 +279,14 @@ class RolloutService:
         """Ask the trainer-version hook and the gate; keep the wait counters."""
         if self.bound is None:
             return False
-        version = self.trainer_version_hook()
-        version = int(await version if inspect.isawaitable(version) else version)
+        version = await self._trainer_version()
+        await self._settle(version)
         state = gate_state(
             produced=self._produced,
             trainer_version=version,
             engine_version=self.engine.policy_version,
             bound=self.bound,
+            released=self._released,
         )
         now = time.perf_counter()
         gate = self._gate
@@ -275,13 +294,59 @@ class RolloutService:
         if state != "open" and gate.closed_since is None:
             self.counters.gate_waits[state] += 1
             gate.closed_since = now
-            logger.info("staleness gate closed (%s): trainer v%d, engine v%d, %d produced",
-                        state, version, self.engine.policy_version, self._produced)
+            logger.info("staleness gate closed (%s): trainer v%d, engine v%d, %d produced, %d released",
+                        state, version, self.engine.policy_version, self._produced, self._released)
         elif state == "open" and gate.closed_since is not None:
             self.counters.gate_wait_seconds += now - gate.closed_since
             gate.closed_since = None
         gate.state = state
         return state != "open"
+
+    async def _trainer_version(self) -> int:
+        version = self.trainer_version_hook()
+        return int(await version if inspect.isawaitable(version) else version)
+
+    # ---- released capacity (module doc) ------------------------------------------------------------
+
+    @property
+    def _reads_lineage(self) -> bool:
+        return callable(getattr(self.sink, "lineage", None))
+
+    def _release_on_handoff(self, records: list[TrajectoryRecord], trainer_version: int) -> None:
+        """Release the members no trainer version from `trainer_version` on may take (the trainer
+        cannot have taken them yet: they are not written); keep the others' ids for `_settle`."""
+        k = self.bound.max_staleness
+        versions = {record.trajectory_id: min_policy_version(record) for record in records}
+        expired = too_stale(versions.values(), trainer_version, k)
+        if expired:
+            self._release(expired, f"written at trainer v{trainer_version}")
+        if self._reads_lineage:
+            self._pending.update(
+                (i, v) for i, v in versions.items() if last_trainable_version(v, k) >= trainer_version
+            )
+
+    async def _settle(self, trainer_version: int) -> None:
+        """Read the lineage of every trainer version up to `trainer_version - 2` not read yet (a
+        trainer records a batch before it takes the next, so those are final) and release the
+        pending trajectories that went unconsumed through their last trainable version."""
+        if self._lineage_next is None:  # before the first group: nothing written can be in older versions
+            self._lineage_next = trainer_version
+        if not self._reads_lineage or self._lineage_next > trainer_version - 2:
+            return
+        consumed: set[str] = set()
+        loop = asyncio.get_running_loop()
+        while self._lineage_next <= trainer_version - 2:
+            rows = await loop.run_in_executor(self._io, self.sink.lineage, self._lineage_next)
+            consumed.update(rows["trajectory_id"].to_pylist())
+            self._lineage_next += 1
+        self._pending, expired = settle(self._pending, consumed, self._lineage_next - 1, self.bound.max_staleness)
+        if expired:
+            self._release(expired, f"never consumed through trainer v{self._lineage_next - 1}")
+
+    def _release(self, count: int, why: str) -> None:
+        self._released += count
+        logger.info("staleness gate: %d trajectories too stale to be trained (%s), %d released in all",
+                    count, why, self._released)
 
     async def _wait_for_change(self, timeout_s: float | None = None) -> None:
         try:
@@ -337,6 +402,8 @@ class RolloutService:
         self.counters.add_trajectory(record)
         job.group.records[job.member] = record
         if job.group.complete:
+            if self.bound is not None:  # the trainer's version before the group can be read
+                self._release_on_handoff(job.group.records, await self._trainer_version())
             self._write(job.group)
 
     def _job_done(self, task: asyncio.Task) -> None:
@@ -387,3 +454,10 @@ class RolloutService:
 
     def close(self) -> None:
         """Nothing to release between runs (kept for symmetry with the engine and cluster)."""
+
+
+def min_policy_version(record: TrajectoryRecord) -> int:
+    """The policy version of a record's oldest token, as the store derives it."""
+    if record.min_policy_version is not None:
+        return record.min_policy_version
+    return min(turn.min_policy_version for turn in record.turns)

@@ -17,6 +17,14 @@ The gate is applied when a group starts, never to the members of a started group
 trainer is waiting for is always completed (no deadlock when batch_size is not a multiple of the
 group size). It can overshoot by at most one group.
 
+**Released capacity.** The count above assumes every started trajectory is trained some day. One
+that can no longer be (its min_policy_version + k < trainer version, e.g. a group held back by a
+straggler until it is too stale) never will be, so it stops counting: without that, every expired
+trajectory would shrink the pipeline for the rest of the run. The service releases a trajectory
+when it finds it too stale once written (`too_stale`), or, for one written in time, when the
+trainer's lineage shows it went unconsumed through its last trainable version (`settle`). Only the
+count changes: the trainer's own staleness filter is what keeps the bound strict.
+
 Note: the engine's version cannot run ahead of the trainer's (its weights come from the trainer),
 so "engine version - trainer version > k" never fires; the rule is on produced trajectories.
 
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal
 
 GateState = Literal["open", "ahead", "behind"]
@@ -50,13 +59,46 @@ def produced_capacity(trainer_version: int, bound: StalenessBound) -> int:
     return (max(trainer_version, 0) + bound.max_staleness + 1) * bound.batch_size
 
 
-def gate_state(*, produced: int, trainer_version: int, engine_version: int, bound: StalenessBound) -> GateState:
-    """Whether a new group may start: "open", or why not ("ahead" / "behind", see the module doc)."""
+def gate_state(
+    *, produced: int, trainer_version: int, engine_version: int, bound: StalenessBound, released: int = 0
+) -> GateState:
+    """Whether a new group may start: "open", or why not ("ahead" / "behind", see the module doc).
+    `released`: of the `produced`, those found too stale to be trained ever (they no longer count)."""
     if trainer_version - engine_version > bound.max_staleness:
         return "behind"
-    if produced >= produced_capacity(trainer_version, bound):
+    if produced - released >= produced_capacity(trainer_version, bound):
         return "ahead"
     return "open"
+
+
+def last_trainable_version(min_policy_version: int, max_staleness: int) -> int:
+    """The newest trainer version that may still take a trajectory (staleness <= k)."""
+    return min_policy_version + max_staleness
+
+
+def too_stale(min_policy_versions: Iterable[int], trainer_version: int, max_staleness: int) -> int:
+    """How many of these trajectories no trainer version from `trainer_version` on may take
+    (trainer versions only grow)."""
+    return sum(last_trainable_version(v, max_staleness) < trainer_version for v in min_policy_versions)
+
+
+def settle(
+    pending: Mapping[str, int], consumed: Collection[str], known_through: int, max_staleness: int
+) -> tuple[dict[str, int], int]:
+    """Written, still-trainable trajectories (`pending`: id -> min_policy_version), once the batches
+    of every trainer version <= `known_through` are known (`consumed`: the ids in those not seen
+    before): (the ones that may still be trained, how many never will be). A trajectory drops out
+    when consumed; one whose last trainable version is <= known_through and was not consumed expired."""
+    still: dict[str, int] = {}
+    expired = 0
+    for trajectory_id, version in pending.items():
+        if trajectory_id in consumed:
+            continue
+        if last_trainable_version(version, max_staleness) <= known_through:
+            expired += 1
+        else:
+            still[trajectory_id] = version
+    return still, expired
 
 
 class LineageTrainerVersion:
