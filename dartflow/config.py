@@ -35,6 +35,13 @@ class TinyModelConfig(_Section):
     tie_word_embeddings: bool = Field(
         False, description="Share input embedding and LM head. Off by default: the CPU engine mis-reloads tied heads."
     )
+    number_sense_steps: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Steps of language-model pretraining on facts about integers (comparisons, counting, numbers "
+        "above/below/between bounds, midpoints) when the model is built: the order of numbers a real LLM knows "
+        "(tasks/models/number_sense.py). 0 = random initialisation.",
+    )
+    number_sense_high: int = Field(100, ge=8, le=100_000, description="Facts are about integers in [0, this].")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "TinyModelConfig":

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--layers", type=int, default=None, help="number of decoder layers")
     tiny.add_argument("--heads", type=int, default=None, help="attention heads")
     tiny.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    tiny.add_argument(
+        "--number-sense-steps", type=int, default=0,
+        help="pretrain on facts about integers 0-100 for this many steps (default 0: random weights)",
+    )
 
     smollm2 = model_commands.add_parser(
         "smollm2",

@@ -23,9 +23,13 @@ def model_tiny(args: argparse.Namespace) -> int:
         num_layers=args.layers or defaults.num_layers,
         num_heads=args.heads or defaults.num_heads,
         tie_word_embeddings=args.tied,
+        number_sense_steps=args.number_sense_steps,
     )
     print(f"building tiny Llama policy in {args.dir} (seed {spec.seed}, {'tied' if spec.tie_word_embeddings else 'untied'} embeddings)")
-    path = write_tiny_model(args.dir, spec, overwrite=args.overwrite)
+    path = write_tiny_model(
+        args.dir, spec, overwrite=args.overwrite,
+        report=lambda step, loss: print(f"number sense: step {step}/{spec.number_sense_steps}, loss {loss:.3f}"),
+    )
     print(f"wrote {path}")
     return 0
 

@@ -21,7 +21,14 @@ def ensure_policy_model(model: ModelConfig, model_dir: Path) -> tuple[Path, bool
 
         # TinyModelConfig's fields are named like TinyModelSpec's.
         spec = TinyModelSpec(seed=model.seed, **model.tiny.model_dump())
-        return write_tiny_model(model_dir, spec), True
+        if spec.number_sense_steps:
+            print(f"tiny policy: {spec.number_sense_steps} steps of number-sense pretraining", flush=True)
+
+        def report(step: int, loss: float) -> None:
+            if step % 250 == 0 or step == spec.number_sense_steps:
+                print(f"number sense: step {step}/{spec.number_sense_steps}, loss {loss:.3f}", flush=True)
+
+        return write_tiny_model(model_dir, spec, report=report), True
     from dartflow.tasks.models.smollm2 import convert_smollm2
 
     return convert_smollm2(model_dir, dtype=model.dtype), True

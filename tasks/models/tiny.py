@@ -7,6 +7,7 @@ Building twice with the same options gives byte-identical files.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from dartflow.tasks.models.corpus import build_corpus
 from dartflow.tasks.models.folders import atomic_model_folder
 from dartflow.tasks.models.limits import MAX_VOCAB_SIZE, VLLM_CPU_HEAD_SIZES
+from dartflow.tasks.models.number_sense import pretrain_number_sense
 
 # Same ids as SmolLM2's: 0 ends a document (used as padding), 1 and 2 open and close a chat turn.
 PAD_TOKEN = "<|endoftext|>"
@@ -46,6 +48,10 @@ class TinyModelSpec:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    # Steps of number-sense pretraining (number_sense.py) over integers in [0, number_sense_high]:
+    # 0 keeps the random initialisation.
+    number_sense_steps: int = 0
+    number_sense_high: int = 100
 
     def __post_init__(self) -> None:
         lowest_vocab = 256 + len(SPECIAL_TOKENS) + 1  # every byte, the markers, one merge
@@ -69,6 +75,11 @@ class TinyModelSpec:
         if self.max_position_embeddings < 16:
             raise ValueError(
                 f"max_position_embeddings must be at least 16, got {self.max_position_embeddings}"
+            )
+        if self.number_sense_steps < 0 or self.number_sense_high < 8:
+            raise ValueError(
+                f"number_sense_steps must be >= 0 and number_sense_high >= 8, got "
+                f"{self.number_sense_steps}, {self.number_sense_high}"
             )
         if not self.initializer_range > 0:
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range}")
@@ -110,10 +121,21 @@ def build_tiny_model(
     return write_tiny_model(out_dir, spec, overwrite=overwrite)
 
 
-def write_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec, *, overwrite: bool = False) -> Path:
-    """Write the model `spec` describes to `out_dir` atomically; return the folder's path."""
+def write_tiny_model(
+    out_dir: str | os.PathLike, spec: TinyModelSpec, *, overwrite: bool = False,
+    report: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Write the model `spec` describes to `out_dir` atomically; return the folder's path.
+
+    With `spec.number_sense_steps` the model is pretrained on number facts first (`report(step,
+    loss)` shows progress); the same spec and thread count give the same weights.
+    """
     tokenizer = train_tokenizer(spec.vocab_size)
     model = init_tiny_llama(spec, tokenizer)
+    if spec.number_sense_steps:
+        pretrain_number_sense(
+            model, tokenizer, steps=spec.number_sense_steps, seed=spec.seed, high=spec.number_sense_high, report=report,
+        )
     with atomic_model_folder(out_dir, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
