@@ -170,6 +170,11 @@ class TrainingConfig(_Section):
         "alike, its weight spread over its tokens (trajectory_mean: long failed episodes do not outweigh short "
         "successes).",
     )
+    updates_per_batch: int = Field(
+        1, ge=1, le=100,
+        description="Optimizer updates on each batch (PPO epochs), all clipped against the policy the batch started "
+        "from; the policy version still moves by one per batch.",
+    )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen reference policy.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus.")
     checkpoint_keep: int = Field(3, ge=1, le=10_000, description="Checkpoints kept (besides marked ones).")

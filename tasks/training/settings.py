@@ -32,6 +32,7 @@ class TrainerSettings:
     credit: str = "trajectory"  # see advantages.CREDIT_MODES
     discount: float = 1.0  # of later turns' rewards in a reward-to-go return
     loss_aggregation: str = "token_mean"  # see batching.LOSS_AGGREGATIONS
+    updates_per_batch: int = 1  # optimizer updates on each batch (PPO epochs); the version moves by one per batch
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     checkpoint_keep: int = 3
@@ -63,6 +64,8 @@ class TrainerSettings:
             raise ValueError(f"discount must be in [0, 1], got {self.discount}")
         if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        if self.updates_per_batch < 1:
+            raise ValueError(f"updates_per_batch must be >= 1, got {self.updates_per_batch}")
         if self.micro_batch_size < 1 or self.batch_size < 1:
             raise ValueError("batch_size and micro_batch_size must be >= 1")
 

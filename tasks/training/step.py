@@ -107,12 +107,17 @@ def policy_gradient_step(
     lr: float,
     reference: PreTrainedModel | None = None,
     full_logits: bool = False,
+    proximal: list[Tensor] | None = None,
 ) -> StepOutcome:
-    """One decoupled-PPO update of `policy` on the batch `micro_batches` (see losses.py)."""
-    # One optimizer update per batch: every forward below runs on the start-of-step weights, so
-    # the detached current log-probs *are* the proximal ones ("reuse"); "recompute" checks that.
-    recomputed = None
-    if settings.proximal_logprobs == "recompute":
+    """One decoupled-PPO update of `policy` on the batch `micro_batches` (see losses.py).
+
+    `proximal`: the agent-token log-probs of the policy the batch's updates started from, one
+    tensor per micro-batch (`proximal_logprobs`); needed when this is not the batch's first update.
+    """
+    # On a batch's first update every forward below runs on the start-of-step weights, so the
+    # detached current log-probs *are* the proximal ones ("reuse"); "recompute" checks that.
+    recomputed = proximal
+    if recomputed is None and settings.proximal_logprobs == "recompute":
         recomputed = proximal_logprobs(policy, micro_batches, full_logits=full_logits)
 
     def micro_batch_loss(index: int, mb: MicroBatch, total_weight: float) -> tuple[Tensor, dict[str, Tensor]]:

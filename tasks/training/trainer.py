@@ -32,7 +32,7 @@ from dartflow.tasks.training.bc import behaviour_cloning_step
 from dartflow.tasks.training.logprobs import head_matches_forward
 from dartflow.tasks.training.schedule import learning_rate
 from dartflow.tasks.training.settings import TrainerSettings
-from dartflow.tasks.training.step import StepOutcome, policy_gradient_step
+from dartflow.tasks.training.step import StepOutcome, policy_gradient_step, proximal_logprobs
 
 METRIC_PREFIX = "train/"
 
@@ -114,10 +114,7 @@ class Trainer:
             total_steps=self.settings.steps,
             min_lr_ratio=self.settings.min_lr_ratio,
         )
-        outcome = policy_gradient_step(
-            self.policy, self.optimizer, micro_batches, self.settings,
-            lr=lr, reference=self.reference, full_logits=self.full_logits,
-        )
+        outcome = self._updates(micro_batches, lr)
         batch_staleness = staleness(batch, self._version)
         batch_metrics = {
             "staleness_mean": float(batch_staleness.mean()) if batch.num_rows else 0.0,
@@ -128,6 +125,24 @@ class Trainer:
         if outcome.applied:
             self.rl_steps += 1
         return self._report(outcome, micro_batches, batch, lr, started, batch_metrics)
+
+    def _updates(self, micro_batches: list[MicroBatch], lr: float) -> StepOutcome:
+        """`updates_per_batch` decoupled-PPO updates on one batch (PPO epochs): the proximal policy
+        of every update is the one the batch started from, so the clip bounds the whole step's move.
+        Stops at the first update that is skipped; reports the last applied update's statistics."""
+        updates = self.settings.updates_per_batch
+        proximal = proximal_logprobs(self.policy, micro_batches, full_logits=self.full_logits) if updates > 1 else None
+        outcome, applied = None, 0
+        for _ in range(updates):
+            attempt = policy_gradient_step(
+                self.policy, self.optimizer, micro_batches, self.settings,
+                lr=lr, reference=self.reference, full_logits=self.full_logits, proximal=proximal,
+            )
+            if not attempt.applied:
+                outcome = outcome or attempt
+                break
+            outcome, applied = attempt, applied + 1
+        return StepOutcome(outcome.applied, {**outcome.metrics, "updates": float(applied)}, outcome.skip_reason)
 
     def bc_step(self, batch: pa.Table) -> StepReport:
         """One behaviour-cloning step (NLL of the agent tokens) on demonstration rows."""

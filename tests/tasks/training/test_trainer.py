@@ -184,3 +184,22 @@ def test_batches_from_the_trajectory_store_train_and_are_recorded_under_the_star
     store.record_consumption(report.start_version, batch)
     assert store.next_batch(trainer.version, max_staleness=2, batch_size=4).num_rows == 0
     assert sorted(store.lineage(0)["trajectory_id"].to_pylist()) == sorted(batch["trajectory_id"].to_pylist())
+
+
+def test_several_updates_per_batch_move_further_clip_against_the_start_and_count_one_version(tiny_model_dir, tmp_path):
+    settings = {**SETTINGS.to_dict(), "lr": 2e-4}
+    one, three = (
+        Trainer(tiny_model_dir, checkpoint_root=tmp_path / str(n), settings=TrainerSettings(**{**settings, "updates_per_batch": n}))
+        for n in (1, 3)
+    )
+    records, batch = rewarded_batch(one)
+    before = mean_action_logprob(one.policy, records[0])  # advantage +0.5
+    first, report = one.train_step(batch), three.train_step(batch)
+    assert first.metrics["train/updates"] == 1 and report.metrics["train/updates"] == 3
+    assert three.version == one.version == 1 and three.rl_steps == 1
+    gain_one = mean_action_logprob(one.policy, records[0]) - before
+    gain_three = mean_action_logprob(three.policy, records[0]) - before
+    assert gain_three > 1.5 * gain_one > 0
+    # The last update's ratios are measured against the batch's start, so some have left the clip range;
+    # a first update always has ratio 1 (clip_frac 0).
+    assert first.metrics["train/clip_frac"] == 0 and report.metrics["train/clip_frac"] > 0
