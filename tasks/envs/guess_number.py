@@ -12,6 +12,13 @@ Problems: one per (level, secret). Each level is a range size and a turn limit (
 difficulty = the level's index); `high` (with an optional `max_turns`) is shorthand for one level
 over [low, high]. Within a level the secrets are shuffled by a seeded RNG and the first
 `heldout_fraction` of them are held out, so train and held-out never share a secret of a range.
+
+With `range_shifts: S` > 1 each level's range also moves: a problem is (shift, secret) with the
+range [low + shift, low + shift + size - 1] for shift in 0..S-1 (the prompt names it), and the
+(shift, secret) pairs are what is shuffled and split. Train and held-out then share secret values
+and ranges but never a pair, so guessing the secrets seen in training (which a policy learns first
+when every problem shows it the same prompt) earns nothing on held-out problems: only a strategy
+that reads the range and the answers does.
 Ids: `guess_number/<split>/<index>` (with `@<fingerprint>` after the name under non-default params).
 """
 
@@ -69,6 +76,11 @@ class GuessNumberParams(BaseModel, extra="forbid"):
         0.0, ge=0, le=1,
         description="Added for each guess inside the interval the earlier answers leave open (shaping; 0 = off).",
     )
+    range_shifts: int = Field(
+        1, ge=1, le=10_000,
+        description="Positions of each level's range: problem ranges start at low, low+1, ... low+range_shifts-1 "
+        "(1 = every problem over the same range).",
+    )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
     seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
 
@@ -88,8 +100,10 @@ class GuessNumberParams(BaseModel, extra="forbid"):
         return self
 
     def problem_defining(self) -> dict[str, Any]:
-        """The params that change which problems exist (reward shaping does not; `high` is in levels)."""
-        return self.model_dump(include={"levels", "low", "heldout_fraction", "seed"})
+        """The params that change which problems exist (reward shaping does not; `high` is in levels).
+        `range_shifts` only when set, so the ids of existing problem sets stay as they were."""
+        include = {"levels", "low", "heldout_fraction", "seed"} | ({"range_shifts"} if self.range_shifts > 1 else set())
+        return self.model_dump(include=include)
 
 
 # ---- rules ---------------------------------------------------------------------------------------
@@ -189,13 +203,24 @@ def _shuffled_offsets(seed: int, low: int, range_size: int) -> tuple[int, ...]:
     return tuple(offsets)
 
 
+@lru_cache(maxsize=64)
+def _shuffled_pairs(seed: int, low: int, range_size: int, range_shifts: int) -> tuple[tuple[int, int], ...]:
+    """(shift, secret offset) of every problem of a level, shuffled; one shift keeps _shuffled_offsets."""
+    if range_shifts == 1:
+        return tuple((0, offset) for offset in _shuffled_offsets(seed, low, range_size))
+    pairs = [(shift, offset) for shift in range(range_shifts) for offset in range(range_size)]
+    random.Random(stable_seed(NAME, seed, low, range_size, range_shifts)).shuffle(pairs)
+    return tuple(pairs)
+
+
 class GuessNumberProblems(IndexedProblemSource):
     def __init__(self, params: GuessNumberParams):
         self.params = params
         self.prefix = problem_id_prefix(NAME, params.problem_defining(), GuessNumberParams().problem_defining())
-        # At least one secret of each range in each split, whatever the fraction.
+        # At least one problem of each level in each split, whatever the fraction.
         self._heldout_counts = [
-            min(level.range_size - 1, max(1, round(level.range_size * params.heldout_fraction))) for level in params.levels
+            min(self._level_size(level) - 1, max(1, round(self._level_size(level) * params.heldout_fraction)))
+            for level in params.levels
         ]
         self._starts: dict[str, list[int]] = {}  # split -> first index of each level
         sizes = {}
@@ -205,9 +230,12 @@ class GuessNumberProblems(IndexedProblemSource):
             sizes[split] = sum(counts)
         super().__init__(sizes, self._build)
 
+    def _level_size(self, level: GuessNumberLevel) -> int:
+        return level.range_size * self.params.range_shifts
+
     def _level_count(self, split: str, level: int) -> int:
         heldout = self._heldout_counts[level]
-        return heldout if split == "heldout" else self.params.levels[level].range_size - heldout
+        return heldout if split == "heldout" else self._level_size(self.params.levels[level]) - heldout
 
     def _build(self, split: str, index: int) -> Problem:
         level = bisect.bisect_right(self._starts[split], index) - 1
@@ -215,16 +243,17 @@ class GuessNumberProblems(IndexedProblemSource):
         spec = self.params.levels[level]
         if split == "train":
             position += self._heldout_counts[level]
-        secret = self.params.low + _shuffled_offsets(self.params.seed, self.params.low, spec.range_size)[position]
+        shift, offset = _shuffled_pairs(self.params.seed, self.params.low, spec.range_size, self.params.range_shifts)[position]
+        low = self.params.low + shift
         return Problem(
             problem_id=f"{self.prefix}/{split}/{index}",
             environment=NAME,
             split=split,
             difficulty=float(level),
             params={
-                "low": self.params.low,
-                "high": self.params.low + spec.range_size - 1,
-                "secret": secret,
+                "low": low,
+                "high": low + spec.range_size - 1,
+                "secret": low + offset,
                 "max_turns": spec.max_turns,
                 "level": level,
             },

@@ -199,3 +199,31 @@ def test_consistent_guess_bonus_is_never_paid_for_invalid_guesses():
     assert env.step("fifty").reward == 0.0
     assert env.step("101").reward == 0.0
     assert env.step("99").reward == pytest.approx(0.1)
+
+
+def test_range_shifts_move_each_problems_range_and_split_range_secret_pairs():
+    params = {"low": 1, "high": 8, "range_shifts": 5, "heldout_fraction": 0.25}
+    source = make_problem_source("guess_number", params)
+    assert (source.size("train"), source.size("heldout")) == (30, 10)  # 5 ranges x 8 secrets
+    pairs = {}
+    for split in ("train", "heldout"):
+        for index in range(source.size(split)):
+            p = source.problem(split, index).params
+            assert p["high"] - p["low"] == 7 and 1 <= p["low"] <= 5 and p["low"] <= p["secret"] <= p["high"]
+            assert (p["low"], p["secret"]) not in pairs
+            pairs[(p["low"], p["secret"])] = split
+    assert len(pairs) == 40
+    heldout_secrets = {secret for (_, secret), split in pairs.items() if split == "heldout"}
+    train_secrets = {secret for (_, secret), split in pairs.items() if split == "train"}
+    # Secret values recur across ranges: memorising those of training earns nothing on held-out problems.
+    assert len(heldout_secrets & train_secrets) >= 0.7 * len(heldout_secrets)
+    env = GuessNumberEnv(**params)
+    problem = source.problem("heldout", 0)
+    assert f"between {problem.params['low']} and {problem.params['high']}" in env.reset(problem)
+    assert source.problem("train", 0).problem_id.startswith("guess_number@")
+
+
+def test_one_range_shift_keeps_the_problem_ids_and_secrets_of_before():
+    plain = make_problem_source("guess_number", {"low": 1, "high": 16})
+    same = make_problem_source("guess_number", {"low": 1, "high": 16, "range_shifts": 1})
+    assert [plain.problem("heldout", i) for i in range(3)] == [same.problem("heldout", i) for i in range(3)]
