@@ -6,7 +6,10 @@ Each step also costs `turn_cost` (so faster solutions earn more), and an invalid
 or outside the range) costs `invalid_action_penalty` more. Optional shaping: `consistent_guess_bonus`
 is earned by each guess that lies inside the interval the earlier answers leave open (a guess that
 could still be right), so a policy that starts to use the answers is rewarded before it solves
-episodes reliably; success (the solved flag) is unaffected.
+episodes reliably; success (the solved flag) is unaffected. With `state_open_interval` each answer
+also names the interval the answers so far leave open ("... the number is higher: between 8 and
+16."): an easier variant, where using the answers means reading one interval instead of combining
+all of them.
 
 Problems: one per (level, secret). Each level is a range size and a turn limit (easiest first;
 difficulty = the level's index); `high` (with an optional `max_turns`) is shorthand for one level
@@ -80,6 +83,9 @@ class GuessNumberParams(BaseModel, extra="forbid"):
         1, ge=1, le=10_000,
         description="Positions of each level's range: problem ranges start at low, low+1, ... low+range_shifts-1 "
         "(1 = every problem over the same range).",
+    )
+    state_open_interval: bool = Field(
+        False, description="Each answer also names the interval the answers so far leave open (easier variant)."
     )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
     seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
@@ -166,7 +172,9 @@ def intro(episode: Episode) -> str:
     )
 
 
-def play_turn(episode: Episode, action_text: str) -> tuple[str, bool, Feedback | None]:
+def play_turn(
+    episode: Episode, action_text: str, state_open_interval: bool = False
+) -> tuple[str, bool, Feedback | None]:
     """Apply one action to the episode (mutates it); returns (observation, valid, feedback)."""
     episode.turns_used += 1
     guess = parse_integer(action_text)
@@ -183,6 +191,8 @@ def play_turn(episode: Episode, action_text: str) -> tuple[str, bool, Feedback |
         episode.solved = True
         return f"Correct! The number is {episode.secret}. Solved in {_plural(episode.turns_used)}.", True, feedback
     message = f"{guess} is too {'low' if feedback == 'higher' else 'high'}: the number is {feedback}."
+    if state_open_interval:
+        message = f"{message[:-1]}: between {episode.open_low} and {episode.open_high}."
     return _with_turns_left(message, episode), True, feedback
 
 
@@ -298,7 +308,7 @@ class GuessNumberEnv:
             return StepResult("The episode is over: no more guesses are taken.", 0.0, True, info)
         guess = parse_integer(action_text)
         consistent = guess is not None and episode.could_be(guess)  # judged before this answer narrows it
-        observation, valid, feedback = play_turn(episode, action_text)
+        observation, valid, feedback = play_turn(episode, action_text, self.params.state_open_interval)
         reward = step_reward(
             episode.solved, valid, self.params.turn_cost, self.params.invalid_action_penalty,
             consistent, self.params.consistent_guess_bonus,

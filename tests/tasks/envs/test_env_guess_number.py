@@ -227,3 +227,12 @@ def test_one_range_shift_keeps_the_problem_ids_and_secrets_of_before():
     plain = make_problem_source("guess_number", {"low": 1, "high": 16})
     same = make_problem_source("guess_number", {"low": 1, "high": 16, "range_shifts": 1})
     assert [plain.problem("heldout", i) for i in range(3)] == [same.problem("heldout", i) for i in range(3)]
+
+
+def test_state_open_interval_names_what_the_answers_leave_open():
+    env = GuessNumberEnv(low=1, high=16, state_open_interval=True)
+    env.reset(Problem("p", "guess_number", "train", 0.0, {"low": 1, "high": 16, "secret": 11, "max_turns": 6}, 6))
+    assert env.step("8").observation == "8 is too low: the number is higher: between 9 and 16. 5 guesses left."
+    assert env.step("14").observation == "14 is too high: the number is lower: between 9 and 13. 4 guesses left."
+    assert env.step("20").observation.startswith("Invalid guess: 20 is outside the range")
+    assert env.step("12").observation == "12 is too high: the number is lower: between 9 and 11. 2 guesses left."
