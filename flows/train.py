@@ -168,7 +168,7 @@ def build_flow():
             await create_markdown_artifact(
                 markdown=state.tracker_link, key="mlflow-run", description="The MLflow run of this flow run"
             )
-            if not resume and run_config.training.bc_steps:
+            if bc_unfinished(state.trainer, run_config.training.bc_steps):
                 await bc_warmup(state)
             await start_modules(state)
             summary = await train_loop(state, mode, rollout, train_step, evaluate_task)
@@ -229,8 +229,16 @@ def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
     return state
 
 
+def bc_unfinished(trainer, bc_steps: int) -> bool:
+    """Whether the BC warm-up is still to run: a fresh run, or one resumed from a checkpoint taken
+    before BC ended (BC checkpoints once, at its end, so such a resume redoes BC from the start)."""
+    return trainer.rl_steps == 0 and trainer.bc_steps < bc_steps
+
+
 def run_bc_warmup(state: RunState) -> int:
-    """Scripted demonstrations into the store, then `bc_steps` supervised steps on them."""
+    """Scripted demonstrations into the store (once per run: a redone warm-up reuses them), then
+    `bc_steps` supervised steps on them. Stops early, without a checkpoint, when the run is stopped."""
+    from dartflow.flows import interrupts
     import random
 
     from dartflow.tasks.rollout.demonstrations import scripted_demonstrations
@@ -239,17 +247,22 @@ def run_bc_warmup(state: RunState) -> int:
     config, trainer = state.config, state.trainer
     prompter = ChatPrompter(trainer.tokenizer)
     environments = [(spec.name, spec.params) for spec in config.environments]
-    records = scripted_demonstrations(
-        environments, prompter, config.training.bc_demonstrations, seed=config.seed,
-        max_turns=config.rollout.max_turns, run_id=config.run_name,
-    )
-    ids = state.store.append(records)
-    demonstrations = state.store.as_of(  # the rows as stored: BC trains on what the store holds
-        state.store.version, where=f"run_id = '{config.run_name}' AND source = 'demonstration'"
-    )
+    run_demonstrations = f"run_id = '{config.run_name}' AND source = 'demonstration'"
+    demonstrations = state.store.as_of(state.store.version, where=run_demonstrations)
+    if not demonstrations.num_rows:
+        records = scripted_demonstrations(
+            environments, prompter, config.training.bc_demonstrations, seed=config.seed,
+            max_turns=config.rollout.max_turns, run_id=config.run_name,
+        )
+        state.store.append(records)
+        # The rows as stored: BC trains on what the store holds.
+        demonstrations = state.store.as_of(state.store.version, where=run_demonstrations)
     rng = random.Random(config.seed)
     started = time.time()
     for _ in range(config.training.bc_steps):
+        if interrupts.requested():
+            print(f"bc warm-up: stopped at step {trainer.bc_steps}/{config.training.bc_steps}; --resume redoes it", flush=True)
+            return trainer.version
         rows = sorted(rng.sample(range(demonstrations.num_rows), min(config.training.batch_size, demonstrations.num_rows)))
         report = trainer.bc_step(demonstrations.take(rows))
         state.tracker.log_metrics({k.replace("train/", "bc/"): v for k, v in report.metrics.items()}, step=trainer.version)
@@ -258,7 +271,7 @@ def run_bc_warmup(state: RunState) -> int:
             print(f"bc warm-up: step {trainer.bc_steps}/{config.training.bc_steps}, loss {loss:.3f}", flush=True)
     state.intervals.append(("bc warm-up", started, time.time()))
     trainer.save_checkpoint(mark=True, reason="after behaviour cloning")
-    print(f"bc warm-up: {config.training.bc_steps} steps on {len(ids)} scripted demonstrations -> version {trainer.version}")
+    print(f"bc warm-up: {config.training.bc_steps} steps on {demonstrations.num_rows} scripted demonstrations -> version {trainer.version}")
     return trainer.version
 
 

@@ -90,6 +90,49 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_bc_stops_at_once_and_resume_redoes_bc_on_the_same_demonstrations(tmp_path):
+    import yaml
+
+    from dartflow.config import load_config
+    from dartflow.storage import TrajectoryStore
+    from dartflow.tasks.training.checkpoints import list_checkpoints
+
+    bc_steps = 200  # ~20 s of BC: the signal lands well inside it
+    config, env = small_run(tmp_path, steps=1)
+    small = yaml.safe_load(config.read_text())
+    small["training"]["bc_steps"] = bc_steps
+    config.write_text(yaml.safe_dump(small))
+    process = subprocess.Popen(
+        [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    try:
+        output = read_until(process, f"bc warm-up: step 10/{bc_steps}", timeout_s=300)
+        os.killpg(process.pid, signal.SIGINT)
+        output += process.stdout.readlines()
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    shown = "".join(output)
+    assert process.returncode == 130, shown[-4000:]
+    assert "bc warm-up: stopped at step" in shown and f"bc warm-up: {bc_steps} steps" not in shown, shown[-4000:]
+
+    resumed = subprocess.run(
+        [str(DARTFLOW), "train", "--resume", str(config)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    demonstrations = small["training"]["bc_demonstrations"]
+    assert f"bc warm-up: {bc_steps} steps on {demonstrations} scripted demonstrations" in resumed.stdout
+    run_config = load_config(config)
+    store = TrajectoryStore(run_config.store_uri, run_id="e2e")
+    stored = store.as_of(store.version, where="source = 'demonstration'")
+    assert stored.num_rows == demonstrations  # written once, reused by the redone warm-up
+    versions = [v for v, _ in list_checkpoints(run_config.work_dir / "runs" / "e2e" / "checkpoints")]
+    assert bc_steps in versions and store.lineage(bc_steps).num_rows  # RL started after the whole warm-up
+
+
 # ---- run_interruptibly without an engine -----------------------------------------------------------
 
 RUN = textwrap.dedent(
