@@ -384,12 +384,13 @@ def findings(setting: Setting, target: float, rollout: dict[str, Any]) -> list[s
         text = (f"- Async's staleness gate held new groups back {a.gate_wait:.0%} of the time, while only "
                 f"{a.slots_busy:.0%} of the {rollout['concurrent_episodes']} episode slots were busy; its optimizer "
                 f"step takes {a.step_seconds:.2f} s of its {a_cycle:.2f} s per step. The gate lets rollout start "
-                f"trajectories while *started* < (trainer version + {max_staleness} + 1) x batch size.")
+                f"trajectories while *started* - *released* < (trainer version + {max_staleness} + 1) x batch size, "
+                "where released trajectories are those found never trainable (`rollout/too_stale`).")
         if a.expired:
             text += (f" {a.expired} of the {a.written} trajectories written were never trained and never can be: a "
                      "heavy-tailed straggler holds its whole group back until the group is more than "
-                     f"{max_staleness} versions stale. They still count as started, so each one shrinks the "
-                     "pipeline for the rest of the run (seconds per step over the thirds of the run: "
+                     f"{max_staleness} versions stale. They are released, so they no longer shrink the pipeline, but "
+                     "their rollout work is wasted (seconds per step over the thirds of the run: "
                      + " / ".join(f"{c:.2f}" for c in a.cycle_thirds) + "; mean staleness: "
                      + " / ".join(f"{x:.2f}" for x in a.staleness_thirds) + ", where 0 would be lock-step).")
         lines.append(text)

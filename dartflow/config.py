@@ -161,7 +161,9 @@ class TrainingConfig(_Section):
         "trajectory",
         description="Multi-turn credit: every turn gets its trajectory's advantage (trajectory), or turn t gets the "
         "return from t on compared with turn t of the other episodes of its group (reward_to_go: an action is "
-        "judged by what came after it; per-turn shaping rewards then reach the turn that earned them).",
+        "judged by what came after it; per-turn shaping rewards then reach the turn that earned them). Use it with "
+        "advantage grpo_no_std: grpo's std scaling per (group, turn) blows small reward differences up to unit "
+        "advantages.",
     )
     discount: float = Field(1.0, ge=0, le=1, description="Discount of later turns' rewards in a reward_to_go return.")
     loss_aggregation: Literal["token_mean", "trajectory_mean"] = Field(

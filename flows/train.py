@@ -259,7 +259,7 @@ def run_bc_warmup(state: RunState) -> int:
         demonstrations = state.store.as_of(state.store.version, where=run_demonstrations)
     rng = random.Random(config.seed)
     started = time.time()
-    for _ in range(config.training.bc_steps):
+    for _ in range(config.training.bc_steps - trainer.bc_steps):  # the rest, when bc_steps was raised on resume
         if interrupts.requested():
             print(f"bc warm-up: stopped at step {trainer.bc_steps}/{config.training.bc_steps}; --resume redoes it", flush=True)
             return trainer.version

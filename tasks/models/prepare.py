@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dartflow.config import ModelConfig
 from dartflow.tasks.models.folders import require_model_folder
@@ -14,13 +15,16 @@ def ensure_policy_model(model: ModelConfig, model_dir: Path) -> tuple[Path, bool
     An existing folder is reused as is (a run must never silently replace its model): delete it,
     or point `model.path` elsewhere, to rebuild.
     """
-    if (model_dir / "config.json").is_file() or model.source == "path":
-        return require_model_folder(model_dir), False
     if model.source == "tiny":
-        from dartflow.tasks.models.tiny import TinyModelSpec, write_tiny_model
+        from dartflow.tasks.models.tiny import TinyModelSpec, saved_spec, write_tiny_model
 
         # TinyModelConfig's fields are named like TinyModelSpec's.
         spec = TinyModelSpec(seed=model.seed, **model.tiny.model_dump())
+        if (model_dir / "config.json").is_file():
+            check_same_spec(model_dir, spec, saved_spec(model_dir))
+    if (model_dir / "config.json").is_file() or model.source == "path":
+        return require_model_folder(model_dir), False
+    if model.source == "tiny":
         if spec.number_sense_steps:
             print(f"tiny policy: {spec.number_sense_steps} steps of number-sense pretraining", flush=True)
 
@@ -32,3 +36,19 @@ def ensure_policy_model(model: ModelConfig, model_dir: Path) -> tuple[Path, bool
     from dartflow.tasks.models.smollm2 import convert_smollm2
 
     return convert_smollm2(model_dir, dtype=model.dtype), True
+
+
+def check_same_spec(model_dir: Path, wanted: Any, built: Any | None) -> None:
+    """Refuse a reused tiny model folder built from other options than the config's (a changed
+    `model.tiny` would otherwise be silently ignored). A folder without a saved spec is trusted."""
+    if built is None or built == wanted:
+        return
+    differing = {
+        name: (getattr(built, name), getattr(wanted, name))
+        for name in wanted.__dataclass_fields__ if getattr(built, name) != getattr(wanted, name)
+    }
+    listed = ", ".join(f"{name}: folder {old!r}, config {new!r}" for name, (old, new) in differing.items())
+    raise ValueError(
+        f"the tiny model in {model_dir} was built with other options than model.tiny/model.seed ({listed}); "
+        f"delete that folder to rebuild it, or set model.path to another folder"
+    )

@@ -6,9 +6,10 @@ special tokens and chat template. The folder it writes loads in transformers and
 Building twice with the same options gives byte-identical files.
 """
 
+import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
+
+SPEC_FILE = "dartflow_tiny_spec.json"  # the TinyModelSpec a folder was built from
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -139,7 +142,14 @@ def write_tiny_model(
     with atomic_model_folder(out_dir, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        (Path(staging) / SPEC_FILE).write_text(json.dumps(asdict(spec), sort_keys=True, indent=1) + "\n")
     return Path(out_dir)
+
+
+def saved_spec(model_dir: str | os.PathLike) -> TinyModelSpec | None:
+    """The spec a tiny model folder was built from (None for a folder without one)."""
+    path = Path(model_dir) / SPEC_FILE
+    return TinyModelSpec(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def train_tokenizer(vocab_size: int, *, corpus_seed: int = 0) -> PreTrainedTokenizerFast:

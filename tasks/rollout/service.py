@@ -83,6 +83,8 @@ class _Gate:
     trainer_version: int | None = None
 
 
+LINEAGE_RETRY_S = 0.25  # how soon a trainer version whose batch was not recorded yet is read again
+
 class RolloutService:
     """Runs episodes on a started engine and cluster; appends finished groups to `sink`.
 
@@ -145,6 +147,7 @@ class RolloutService:
         self._released = 0
         self._pending: dict[str, int] = {}
         self._lineage_next: int | None = None  # the next trainer version whose lineage is read
+        self._lineage_retry_at = 0.0  # perf_counter time before which an unrecorded version is not read again
 
     @classmethod
     def from_config(
@@ -326,19 +329,29 @@ class RolloutService:
             )
 
     async def _settle(self, trainer_version: int) -> None:
-        """Read the lineage of every trainer version up to `trainer_version - 2` not read yet (a
-        trainer records a batch before it takes the next, so those are final) and release the
-        pending trajectories that went unconsumed through their last trainable version."""
+        """Read the lineage of every trainer version before `trainer_version` not read yet, up to the
+        first one not recorded yet (the trainer's version can move before its batch is recorded; a
+        recorded batch is final), and release the pending trajectories that went unconsumed through
+        their last trainable version. Released as soon as the trainer has moved past that version:
+        a step later, they would hold capacity exactly while the trainer waits for a batch."""
         if self._lineage_next is None:  # before the first group: nothing written can be in older versions
             self._lineage_next = trainer_version
-        if not self._reads_lineage or self._lineage_next > trainer_version - 2:
+        if not self._reads_lineage or self._lineage_next > trainer_version - 1:
+            return
+        if time.perf_counter() < self._lineage_retry_at:  # that version was not recorded a moment ago
             return
         consumed: set[str] = set()
         loop = asyncio.get_running_loop()
-        while self._lineage_next <= trainer_version - 2:
+        start = self._lineage_next
+        while self._lineage_next <= trainer_version - 1:
             rows = await loop.run_in_executor(self._io, self.sink.lineage, self._lineage_next)
+            if not rows.num_rows:
+                self._lineage_retry_at = time.perf_counter() + LINEAGE_RETRY_S
+                break
             consumed.update(rows["trajectory_id"].to_pylist())
             self._lineage_next += 1
+        if self._lineage_next == start:
+            return
         self._pending, expired = settle(self._pending, consumed, self._lineage_next - 1, self.bound.max_staleness)
         if expired:
             self._release(expired, f"never consumed through trainer v{self._lineage_next - 1}")

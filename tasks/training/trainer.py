@@ -14,6 +14,7 @@ No I/O happens inside a step; checkpoints are written only by `save_checkpoint`.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from dartflow.tasks.training.settings import TrainerSettings
 from dartflow.tasks.training.step import StepOutcome, policy_gradient_step, proximal_logprobs
 
 METRIC_PREFIX = "train/"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class Trainer:
     def _updates(self, micro_batches: list[MicroBatch], lr: float) -> StepOutcome:
         """`updates_per_batch` decoupled-PPO updates on one batch (PPO epochs): the proximal policy
         of every update is the one the batch started from, so the clip bounds the whole step's move.
-        Stops at the first update that is skipped; reports the last applied update's statistics."""
+        Stops at the first update that is skipped; reports the last applied update's statistics, and
+        a later update's skip as `updates_skipped` with a warning (the earlier updates stay applied)."""
         updates = self.settings.updates_per_batch
         proximal = proximal_logprobs(self.policy, micro_batches, full_logits=self.full_logits) if updates > 1 else None
         outcome, applied = None, 0
@@ -139,10 +142,17 @@ class Trainer:
                 lr=lr, reference=self.reference, full_logits=self.full_logits, proximal=proximal,
             )
             if not attempt.applied:
+                if outcome is not None:
+                    logger.warning("update %d of %d on this batch skipped (%s); the earlier ones stay applied",
+                                   applied + 1, updates, attempt.skip_reason)
                 outcome = outcome or attempt
                 break
             outcome, applied = attempt, applied + 1
-        return StepOutcome(outcome.applied, {**outcome.metrics, "updates": float(applied)}, outcome.skip_reason)
+        skipped_later = float(outcome.applied and applied < updates)
+        return StepOutcome(
+            outcome.applied, {**outcome.metrics, "updates": float(applied), "updates_skipped": skipped_later},
+            outcome.skip_reason,
+        )
 
     def bc_step(self, batch: pa.Table) -> StepReport:
         """One behaviour-cloning step (NLL of the agent tokens) on demonstration rows."""

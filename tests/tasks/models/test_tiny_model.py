@@ -186,3 +186,19 @@ def test_larger_vocab_and_depth_build(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert len(AutoTokenizer.from_pretrained(folder)) == model.config.vocab_size == 2048
     assert model.config.num_hidden_layers == 4 and model.config.head_dim == 64
+
+
+def test_a_reused_tiny_folder_must_match_the_configs_options(tmp_path):
+    from dartflow.config import ModelConfig
+    from dartflow.tasks.models.prepare import ensure_policy_model
+    from dartflow.tasks.models.tiny import SPEC_FILE, saved_spec
+
+    folder = tmp_path / "tiny"
+    path, created = ensure_policy_model(ModelConfig(), folder)
+    assert created and saved_spec(path) == TinyModelSpec()
+    assert ensure_policy_model(ModelConfig(), folder) == (path, False)  # same options: reused
+    changed = ModelConfig(tiny={"number_sense_steps": 100})
+    with pytest.raises(ValueError, match=r"number_sense_steps: folder 0, config 100.*delete that folder"):
+        ensure_policy_model(changed, folder)
+    (path / SPEC_FILE).unlink()  # a folder built before specs were saved is trusted
+    assert ensure_policy_model(changed, folder) == (path, False)

@@ -192,4 +192,32 @@ def test_a_group_the_trainer_passed_over_is_released_once_its_lineage_is_final(t
         return service
 
     service = asyncio.run(asyncio.wait_for(scenario(), 20.0))
+    # v1 is never recorded here: read again at most every LINEAGE_RETRY_S, not at every poll.
+    assert service.released == 2 and sink.reads[0] == 0 and set(sink.reads) <= {0, 1} and len(sink.reads) <= 4
+
+
+def test_a_group_passed_over_is_released_as_soon_as_the_trainer_moves_past_its_version(tokenizer, prompter):
+    # As above, but the trainer moves on to v1 only: v0's recorded batch is final, A' is released at
+    # once, so v1's capacity of (1 + 1) * 4 = 8 counted lets 10 start (8 when releasing a version
+    # later: with k = 0 the gate then held A' exactly while the trainer waited for its v1 batch).
+    engine, sink = FakeEngine(tokenizer, delay_s=0.002), LineageSink()
+    trainer = {"version": 0}
+
+    async def scenario():
+        service = make_service(tokenizer, prompter, engine=engine, cluster=FakeCluster(), sink=sink,
+                               hook=lambda: trainer["version"], k=0, batch_size=4)
+        running = asyncio.create_task(service.run())
+        await until(lambda: service.counters.trajectories_written == 4 and service._gate.state == "ahead")
+        assert service.released == 0 and sink.reads == []  # both written in time (last trainable v0)
+        first = sink.records[0].group_id
+        sink.batches[0] = [r.trajectory_id for r in sink.records if r.group_id == first]
+        trainer["version"] = engine.policy_version = 1
+        await until(lambda: service.counters.episodes_started == 10, timeout_s=2.0)
+        await asyncio.sleep(0.05)
+        assert service.counters.episodes_started == 10 and service._gate.state == "ahead"
+        service.stop()
+        await running
+        return service
+
+    service = asyncio.run(asyncio.wait_for(scenario(), 20.0))
     assert service.released == 2 and sink.reads == [0]

@@ -203,3 +203,26 @@ def test_several_updates_per_batch_move_further_clip_against_the_start_and_count
     # The last update's ratios are measured against the batch's start, so some have left the clip range;
     # a first update always has ratio 1 (clip_frac 0).
     assert first.metrics["train/clip_frac"] == 0 and report.metrics["train/clip_frac"] > 0
+
+
+def test_a_later_update_that_is_skipped_is_reported_and_the_earlier_ones_stay(tiny_model_dir, tmp_path, monkeypatch):
+    from dartflow.tasks.training import trainer as trainer_module
+    from dartflow.tasks.training.step import StepOutcome
+
+    real_step, calls = trainer_module.policy_gradient_step, []
+
+    def second_update_fails(*args, **kwargs):
+        calls.append(kwargs["proximal"])
+        if len(calls) == 2:
+            return StepOutcome(False, {"loss": math.nan}, "non-finite loss")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "policy_gradient_step", second_update_fails)
+    three = Trainer(tiny_model_dir, checkpoint_root=tmp_path, settings=TrainerSettings(**{**SETTINGS.to_dict(), "updates_per_batch": 3}))
+    _, batch = rewarded_batch(three)
+    before = weights(three)
+    report = three.train_step(batch)
+    assert len(calls) == 2 and all(proximal is not None for proximal in calls)  # the start's log-probs, fixed
+    assert not report.skipped and three.version == 1
+    assert report.metrics["train/updates"] == 1 and report.metrics["train/updates_skipped"] == 1
+    assert any(not torch.equal(before[name], p) for name, p in three.policy.named_parameters())
