@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,15 @@ def ensure_policy_model(model: ModelConfig, model_dir: Path) -> tuple[Path, bool
     An existing folder is reused as is (a run must never silently replace its model): delete it,
     or point `model.path` elsewhere, to rebuild.
     """
+    built = (model_dir / "config.json").is_file()
     if model.source == "tiny":
         from dartflow.tasks.models.tiny import TinyModelSpec, saved_spec, write_tiny_model
 
         # TinyModelConfig's fields are named like TinyModelSpec's.
         spec = TinyModelSpec(seed=model.seed, **model.tiny.model_dump())
-        if (model_dir / "config.json").is_file():
+        if built:
             check_same_spec(model_dir, spec, saved_spec(model_dir))
-    if (model_dir / "config.json").is_file() or model.source == "path":
-        return require_model_folder(model_dir), False
-    if model.source == "tiny":
+            return require_model_folder(model_dir), False
         if spec.number_sense_steps:
             print(f"tiny policy: {spec.number_sense_steps} steps of number-sense pretraining", flush=True)
 
@@ -33,6 +33,8 @@ def ensure_policy_model(model: ModelConfig, model_dir: Path) -> tuple[Path, bool
                 print(f"number sense: step {step}/{spec.number_sense_steps}, loss {loss:.3f}", flush=True)
 
         return write_tiny_model(model_dir, spec, report=report), True
+    if built or model.source == "path":
+        return require_model_folder(model_dir), False
     from dartflow.tasks.models.smollm2 import convert_smollm2
 
     return convert_smollm2(model_dir, dtype=model.dtype), True
@@ -45,7 +47,7 @@ def check_same_spec(model_dir: Path, wanted: Any, built: Any | None) -> None:
         return
     differing = {
         name: (getattr(built, name), getattr(wanted, name))
-        for name in wanted.__dataclass_fields__ if getattr(built, name) != getattr(wanted, name)
+        for name in (f.name for f in fields(wanted)) if getattr(built, name) != getattr(wanted, name)
     }
     listed = ", ".join(f"{name}: folder {old!r}, config {new!r}" for name, (old, new) in differing.items())
     raise ValueError(

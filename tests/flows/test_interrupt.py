@@ -29,6 +29,14 @@ def read_until(process, marker: str, timeout_s: float) -> list[str]:
     return lines
 
 
+def start_train(config, env) -> subprocess.Popen:
+    """`dartflow train CONFIG` in its own process group, like a job in a terminal, output piped."""
+    return subprocess.Popen(
+        [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     from mlflow import MlflowClient
@@ -39,10 +47,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
 
     steps, bc_versions = 6, SMALL["training"]["bc_steps"]
     config, env = small_run(tmp_path, steps)
-    process = subprocess.Popen(
-        [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,  # its own process group, like a job in a terminal
-    )
+    process = start_train(config, env)
     try:
         output = read_until(process, "| step 2/", timeout_s=600)
         assert "| step 2/" in output[-1], "".join(output)[-3000:]
@@ -103,10 +108,7 @@ def test_ctrl_c_during_bc_stops_at_once_and_resume_redoes_bc_on_the_same_demonst
     small = yaml.safe_load(config.read_text())
     small["training"]["bc_steps"] = bc_steps
     config.write_text(yaml.safe_dump(small))
-    process = subprocess.Popen(
-        [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )
+    process = start_train(config, env)
     try:
         output = read_until(process, f"bc warm-up: step 10/{bc_steps}", timeout_s=300)
         os.killpg(process.pid, signal.SIGINT)
