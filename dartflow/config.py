@@ -186,6 +186,11 @@ class TrainingConfig(_Section):
         0, ge=0, le=1_000_000, description="Behaviour-cloning warm-up steps on scripted demonstrations before RL."
     )
     bc_demonstrations: int = Field(64, ge=1, le=1_000_000, description="Scripted demonstrations generated for BC.")
+    bc_max_turns: int | None = Field(
+        None, ge=1, le=1_000,
+        description="Turns per scripted demonstration (None: rollout.max_turns). 1 teaches the reply format on "
+        "first turns only, leaving what the policy does with later observations to RL.",
+    )
     bc_lr: float | None = Field(None, gt=0, le=1, description="Learning rate of BC steps (null: lr).")
 
     @model_validator(mode="after")

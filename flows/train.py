@@ -252,7 +252,7 @@ def run_bc_warmup(state: RunState) -> int:
     if not demonstrations.num_rows:
         records = scripted_demonstrations(
             environments, prompter, config.training.bc_demonstrations, seed=config.seed,
-            max_turns=config.rollout.max_turns, run_id=config.run_name,
+            max_turns=config.training.bc_max_turns or config.rollout.max_turns, run_id=config.run_name,
         )
         state.store.append(records)
         # The rows as stored: BC trains on what the store holds.

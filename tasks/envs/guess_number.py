@@ -9,7 +9,9 @@ could still be right), so a policy that starts to use the answers is rewarded be
 episodes reliably; success (the solved flag) is unaffected. With `state_open_interval` each answer
 also names the interval the answers so far leave open ("... the number is higher: between 8 and
 16."): an easier variant, where using the answers means reading one interval instead of combining
-all of them.
+all of them. With `list_candidates_up_to: N` the intro and each answer also list, one per line, every
+number still possible whenever at most N are (the easiest variant: using the answers means copying
+one of the listed numbers, which a small model learns long before it learns to compare numbers).
 
 Problems: one per (level, secret). Each level is a range size and a turn limit (easiest first;
 difficulty = the level's index); `high` (with an optional `max_turns`) is shorthand for one level
@@ -86,6 +88,11 @@ class GuessNumberParams(BaseModel, extra="forbid"):
     )
     state_open_interval: bool = Field(
         False, description="Each answer also names the interval the answers so far leave open (easier variant)."
+    )
+    list_candidates_up_to: int = Field(
+        0, ge=0, le=1_000,
+        description="List every number still possible, one per line, in the intro and each answer whenever at "
+        "most this many are (0 = never; easiest variant).",
     )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
     seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
@@ -164,16 +171,26 @@ def _plural(count: int) -> str:
     return f"{count} guess" if count == 1 else f"{count} guesses"
 
 
-def intro(episode: Episode) -> str:
-    return (
+def intro(episode: Episode, list_candidates_up_to: int = 0) -> str:
+    text = (
         f"I am thinking of an integer between {episode.low} and {episode.high} (inclusive). "
         f"Find it in at most {_plural(episode.max_turns)}. After each guess I answer whether the number "
         f"is higher or lower. Reply with your guess only: one integer, e.g. {(episode.low + episode.high) // 2}."
     )
+    return text + candidate_list(episode, list_candidates_up_to)
+
+
+def candidate_list(episode: Episode, up_to: int) -> str:
+    """The numbers still possible, one per line after a header ("" when more than `up_to` are).
+    One per line so that each is the same token as a reply that is just that number."""
+    count = episode.open_high - episode.open_low + 1
+    if up_to <= 0 or count > up_to or episode.done:
+        return ""
+    return "\nStill possible:\n" + "\n".join(str(n) for n in range(episode.open_low, episode.open_high + 1))
 
 
 def play_turn(
-    episode: Episode, action_text: str, state_open_interval: bool = False
+    episode: Episode, action_text: str, state_open_interval: bool = False, list_candidates_up_to: int = 0
 ) -> tuple[str, bool, Feedback | None]:
     """Apply one action to the episode (mutates it); returns (observation, valid, feedback)."""
     episode.turns_used += 1
@@ -181,7 +198,7 @@ def play_turn(
     if guess is None or not episode.low <= guess <= episode.high:
         what = f"{excerpt(action_text)} is not a guess" if guess is None else f"{guess} is outside the range"
         message = f"Invalid guess: {what}. Reply with one integer between {episode.low} and {episode.high}."
-        return _with_turns_left(message, episode), False, None
+        return _with_turns_left(message, episode) + candidate_list(episode, list_candidates_up_to), False, None
     feedback = judge_guess(episode.secret, guess)
     if feedback == "higher":
         episode.open_low = max(episode.open_low, guess + 1)
@@ -193,7 +210,7 @@ def play_turn(
     message = f"{guess} is too {'low' if feedback == 'higher' else 'high'}: the number is {feedback}."
     if state_open_interval:
         message = f"{message[:-1]}: between {episode.open_low} and {episode.open_high}."
-    return _with_turns_left(message, episode), True, feedback
+    return _with_turns_left(message, episode) + candidate_list(episode, list_candidates_up_to), True, feedback
 
 
 def _with_turns_left(message: str, episode: Episode) -> str:
@@ -299,7 +316,7 @@ class GuessNumberEnv:
         if not p["low"] <= p["secret"] <= p["high"] or p["max_turns"] < 1:
             raise ValueError(f"{problem.problem_id}: inconsistent problem params {p}")
         self._episode = Episode(low=p["low"], high=p["high"], secret=p["secret"], max_turns=p["max_turns"])
-        return intro(self._episode)
+        return intro(self._episode, self.params.list_candidates_up_to)
 
     def step(self, action_text: str) -> StepResult:
         episode = self._episode
@@ -308,7 +325,9 @@ class GuessNumberEnv:
             return StepResult("The episode is over: no more guesses are taken.", 0.0, True, info)
         guess = parse_integer(action_text)
         consistent = guess is not None and episode.could_be(guess)  # judged before this answer narrows it
-        observation, valid, feedback = play_turn(episode, action_text, self.params.state_open_interval)
+        observation, valid, feedback = play_turn(
+            episode, action_text, self.params.state_open_interval, self.params.list_candidates_up_to
+        )
         reward = step_reward(
             episode.solved, valid, self.params.turn_cost, self.params.invalid_action_penalty,
             consistent, self.params.consistent_guess_bonus,

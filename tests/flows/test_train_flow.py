@@ -20,7 +20,8 @@ SMALL = {
         "group_size": 4, "max_turns": 4, "max_new_tokens": 8, "max_staleness": 1, "concurrent_episodes": 8,
         "engine": {"max_model_len": 1024},
     },
-    "training": {"steps": 4, "batch_size": 8, "micro_batch_size": 8, "bc_steps": 2, "bc_demonstrations": 16},
+    "training": {"steps": 4, "batch_size": 8, "micro_batch_size": 8, "bc_steps": 2, "bc_demonstrations": 16,
+                 "bc_max_turns": 2},
     "evaluation": {"every_versions": 2, "heldout_problems": 4},
     "tracking": {"checkpoint_artifact_every": 2, "model_name": "e2e-policy"},
 }
@@ -91,6 +92,8 @@ def test_train_flow_end_to_end(tmp_path):
         assert lineage.num_rows > 0, f"no lineage for trainer version {version}"
         assert max(version - v for v in lineage["min_policy_version"].to_pylist()) <= 1
     assert store.count("source = 'demonstration'") == 16
+    demonstration_turns = store.as_of(store.version, where="source = 'demonstration'")["num_turns"].to_pylist()
+    assert max(demonstration_turns) == 2  # training.bc_max_turns, not rollout.max_turns (4)
     assert store.count("split = 'heldout'") > 0
 
     client = MlflowClient(run_config.mlflow_uri)

@@ -236,3 +236,23 @@ def test_state_open_interval_names_what_the_answers_leave_open():
     assert env.step("14").observation == "14 is too high: the number is lower: between 9 and 13. 4 guesses left."
     assert env.step("20").observation.startswith("Invalid guess: 20 is outside the range")
     assert env.step("12").observation == "12 is too high: the number is lower: between 9 and 11. 2 guesses left."
+
+
+def test_list_candidates_lists_the_numbers_still_possible_once_few_enough_remain():
+    env = GuessNumberEnv(low=1, high=16, list_candidates_up_to=8)
+    problem = Problem("p", "guess_number", "train", 0.0, {"low": 1, "high": 16, "secret": 11, "max_turns": 6}, 6)
+    assert "Still possible" not in env.reset(problem)  # 16 possible: more than 8
+    assert env.step("8").observation == (
+        "8 is too low: the number is higher. 5 guesses left.\nStill possible:\n9\n10\n11\n12\n13\n14\n15\n16"
+    )
+    assert env.step("14").observation.endswith("left.\nStill possible:\n9\n10\n11\n12\n13")
+    assert env.step("x").observation.endswith("\nStill possible:\n9\n10\n11\n12\n13")  # an invalid guess narrows nothing
+    assert env.step("10").observation.endswith("2 guesses left.\nStill possible:\n11\n12\n13")
+    assert env.step("13").observation.endswith("1 guess left.\nStill possible:\n11\n12")
+    assert env.step("12").observation == "12 is too high: the number is lower. No guesses left: the number was 11."
+
+
+def test_list_candidates_in_the_intro_when_the_whole_range_is_short_enough():
+    env = GuessNumberEnv(low=1, high=4, list_candidates_up_to=4)
+    intro = env.reset(Problem("p", "guess_number", "train", 0.0, {"low": 3, "high": 6, "secret": 4, "max_turns": 3}, 3))
+    assert intro.endswith("e.g. 4.\nStill possible:\n3\n4\n5\n6")
