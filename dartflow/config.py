@@ -15,6 +15,8 @@ import yaml
 from dartflow.tasks.models.limits import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, VLLM_CPU_HEAD_SIZES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dartflow.tasks.curation.settings import CurationConfig
+
 
 class ConfigError(ValueError):
     """A config that cannot run: names the field(s) and what is allowed."""
@@ -258,6 +260,34 @@ class RunConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    curation: CurationConfig = Field(
+        default_factory=CurationConfig, description="The data manager's rules (tasks/curation); all off = uniform."
+    )
+
+    @model_validator(mode="after")
+    def _curated_groups_fit_a_batch(self) -> "RunConfig":
+        budget = self.curation.rollout_budget
+        if budget.enabled and budget.max_group_size > self.training.batch_size:
+            raise ValueError(
+                f"curation.rollout_budget.max_group_size ({budget.max_group_size}) must be <= training.batch_size "
+                f"({self.training.batch_size}): a batch takes whole groups, so a larger group could never train"
+            )
+        not_applied = [
+            name for name, on in (
+                ("curation.experience_pool.enabled", self.curation.experience_pool.enabled),
+                ("curation.step_selection.enabled", self.curation.step_selection.enabled),
+                ("curation.duration.mode", self.curation.duration.mode != "off"),
+            ) if on
+        ]
+        if not_applied:
+            # A switch that silently did nothing would mislead whoever compares runs with it on and off.
+            raise ValueError(f"{', '.join(not_applied)}: not applied by the train flow yet; leave it off")
+        return self
+
+    def largest_group(self) -> int:
+        """The most rollouts one group can have under this config."""
+        budget = self.curation.rollout_budget
+        return budget.max_group_size if budget.enabled else self.rollout.group_size
 
     # Paths derived from work_dir, so that nothing a run writes lands outside it.
     @property

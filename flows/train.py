@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dartflow.config import RunConfig, validate_config
-from dartflow.tasks.curation.groups import whole_groups
+from dartflow.tasks.curation.groups import training_groups
 
 TRAIN_WHERE = "split = 'train' AND source = 'rollout'"
 MAX_CONSECUTIVE_SKIPS = 3
@@ -56,25 +56,62 @@ class RunState:
     skipped_ids: set[str] = field(default_factory=set)  # batches of skipped (non-finite) steps
     consecutive_skips: int = 0
     tracker_link: str = ""
+    sampler: Any = None  # the curated sampler, when a sampler-side curation rule is on
+    dropped_groups: set[str] = field(default_factory=set)  # dynamic sampling: groups of equal rewards passed over
+    dropped_reported: int = 0
+
+
+def batch_candidate(state: RunState):
+    """The batch the trainer would take now: whole groups within the staleness bound (groups of
+    equal rewards passed over under dynamic sampling); it is full enough when `batch_full` says so."""
+    config, trainer = state.config, state.trainer
+    dynamic = config.curation.dynamic_sampling
+    return state.store.next_batch(
+        trainer.version,
+        config.rollout.max_staleness,
+        config.training.batch_size,
+        where=TRAIN_WHERE if not state.skipped_ids else
+        f"{TRAIN_WHERE} AND trajectory_id NOT IN ({', '.join(repr(i) for i in sorted(state.skipped_ids))})",
+        select=training_groups(
+            config.training.batch_size, drop_equal_rewards=dynamic.enabled,
+            reward_tolerance=dynamic.reward_tolerance, dropped_groups=state.dropped_groups,
+        ),
+    )
+
+
+def batch_full(config: RunConfig, rows: int) -> bool:
+    # Whole groups may leave up to (largest group - 1) rows of the batch empty.
+    return rows >= max(config.training.batch_size - config.largest_group() + 1, 1)
 
 
 async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
     """Block (without blocking the loop) until a full batch within the staleness bound is in the store."""
-    config, trainer = state.config, state.trainer
-    needed = config.training.batch_size - config.rollout.group_size + 1  # whole groups may not fill it
     while True:
-        batch = await asyncio.to_thread(
-            state.store.next_batch,
-            trainer.version,
-            config.rollout.max_staleness,
-            config.training.batch_size,
-            where=TRAIN_WHERE if not state.skipped_ids else
-            f"{TRAIN_WHERE} AND trajectory_id NOT IN ({', '.join(repr(i) for i in sorted(state.skipped_ids))})",
-            select=whole_groups(config.training.batch_size),
-        )
-        if batch.num_rows >= max(needed, 1):
+        batch = await asyncio.to_thread(batch_candidate, state)
+        if batch_full(state.config, batch.num_rows):
             return batch
         await asyncio.sleep(poll_s)
+
+
+async def roll_out_sync_batch(state: RunState, rollout) -> None:
+    """Sync mode: roll out a batch's worth of trajectories, and more while dynamic sampling passes over
+    so many groups that the batch is not full yet."""
+    while True:
+        await rollout(state, state.config.training.batch_size)
+        batch = await asyncio.to_thread(batch_candidate, state)
+        if batch_full(state.config, batch.num_rows):
+            return
+
+
+def curation_metrics(state: RunState) -> dict[str, float]:
+    """The data manager's decisions since the last step: the sampler's latest round, groups dropped."""
+    metrics = dict(state.sampler.round_metrics) if state.sampler is not None else {}
+    if state.config.curation.dynamic_sampling.enabled:
+        dropped = len(state.dropped_groups)
+        metrics["curation/groups_dropped"] = float(dropped - state.dropped_reported)
+        metrics["curation/groups_dropped_total"] = float(dropped)
+        state.dropped_reported = dropped
+    return metrics
 
 
 async def evaluate(state: RunState) -> float:
@@ -288,10 +325,35 @@ async def start_modules(state: RunState) -> None:
     state.engine = RolloutEngine.from_config(config, model_dir=checkpoint, policy_version=trainer.version)
     state.cluster = EnvironmentCluster.from_config(config)
     await asyncio.gather(state.engine.start(), state.cluster.start())
+    state.sampler = curated_sampler(state)
     state.service = RolloutService.from_config(
         config, engine=state.engine, cluster=state.cluster, store=state.store,
         trainer_version=lambda: state.trainer.version,
         already_produced=trainer.version * config.training.batch_size,
+        sampler=state.sampler,
+    )
+
+
+def curated_sampler(state: RunState):
+    """The curated sampler reading this run's attempts from the store, or None (uniform sampling)
+    when no sampler-side rule is on."""
+    from dartflow.storage.selection import sql_string
+    from dartflow.tasks.curation.sampler import ATTEMPT_COLUMNS, CuratedSampler, sampler_rules_on
+    from dartflow.tasks.rollout.sampler import UniformSampler
+
+    config = state.config
+    if not sampler_rules_on(config.curation):
+        return None
+    store = state.store
+
+    this_run = f"{TRAIN_WHERE} AND run_id = {sql_string(config.run_name)}"
+
+    def read_attempts():
+        return store.as_of(store.version, where=this_run, columns=list(ATTEMPT_COLUMNS))
+
+    return CuratedSampler(
+        UniformSampler.from_config(config), config.curation, max_turns=config.rollout.max_turns,
+        read_attempts=read_attempts, policy_version=lambda: state.trainer.version,
     )
 
 
@@ -310,9 +372,10 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
                 background.result()  # a failed rollout fails the run
                 raise RuntimeError("the rollout task ended before training finished")
             if mode == "sync":
-                await rollout(state, config.training.batch_size)
+                await roll_out_sync_batch(state, rollout)
             metrics = await train_step(state, trainer.version)
             metrics.update(state.service.metrics())
+            metrics.update(curation_metrics(state))
             metrics.update(state.cluster.stats().to_metrics())
             await asyncio.to_thread(state.tracker.log_metrics, metrics, step=trainer.version)
             state.reward_history.append((trainer.version, metrics.get("train/reward_mean", 0.0)))
@@ -416,10 +479,26 @@ def finish_tracking(state: RunState) -> None:
         tracker.log_figure(staleness_histogram_figure(state.staleness, max_staleness=config.rollout.max_staleness), "staleness.png")
     if state.intervals:
         tracker.log_figure(timeline_figure(state.intervals), "timeline.png")
+    if state.sampler is not None:
+        log_curation_plan(state)
     path = trainer.save_checkpoint(mark=True, reason="final")
     tracker.log_checkpoint(path, trainer.version)
     version = tracker.log_policy_and_register(path, config.tracking.model_name, alias="candidate")
     print(f"registered {config.tracking.model_name} version {version} (alias candidate) in MLflow")
+
+
+def log_curation_plan(state: RunState) -> None:
+    """The per-problem table of the curated sampler's latest plans (parquet) and its success-by-bucket plot."""
+    from dartflow.storage.plots import success_by_bucket_figure
+    from dartflow.tasks.curation.difficulty import BUCKETS
+
+    table = state.sampler.problem_table()
+    state.tracker.log_table(table, "curation/problems.parquet")
+    if table.num_rows:
+        figure = success_by_bucket_figure(
+            table["bucket"].to_pylist(), table["successes"].to_pylist(), table["attempts"].to_pylist(), order=BUCKETS
+        )
+        state.tracker.log_figure(figure, "success_by_bucket.png")
 
 
 def run_train(config: RunConfig, *, mode: str = "async", resume: bool = False) -> dict:

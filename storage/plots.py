@@ -113,6 +113,29 @@ def staleness_histogram_figure(staleness: Any, *, max_staleness: int | None = No
     return figure
 
 
+def success_by_bucket_figure(buckets: Sequence[str], successes: Any, attempts: Any, *, order: Sequence[str]) -> Figure:
+    """Measured success rate (all attempts of the problems in a bucket) and problem count per difficulty bucket."""
+    names = [str(b) for b in buckets]
+    successes, attempts = _array(successes), _array(attempts)
+    figure, (ax,) = _new_figure()
+    shown = [b for b in order if b in names]
+    if not shown:
+        _no_data(ax, "planned problems")
+    for x, bucket in enumerate(shown):
+        members = np.array([n == bucket for n in names])
+        tried = attempts[members].sum()
+        rate = successes[members].sum() / tried if tried else 0.0
+        ax.bar(x, rate, width=0.7, color="tab:green")
+        ax.text(x, rate, f"{int(members.sum())} problems\n{int(tried)} attempts", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(shown)), shown)
+    ax.set_ylim(0, 1.15)
+    ax.set_xlabel("difficulty bucket (curation's latest plan)")
+    ax.set_ylabel("success rate")
+    ax.set_title("Success by difficulty bucket")
+    ax.grid(alpha=0.3, axis="y")
+    return figure
+
+
 def _seconds(value: Any) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value)
 

@@ -259,6 +259,19 @@ class RunTracker:
         self.client.log_figure(self.run_id, figure, artifact_file)
         return artifact_file
 
+    def log_table(self, table: Any, artifact_file: str) -> str:
+        """Save an Arrow table as a parquet artifact (e.g. `curation/problems.parquet`); replaces an earlier one."""
+        import tempfile
+
+        import pyarrow.parquet as pq
+
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / name
+            pq.write_table(table, path)
+            self.client.log_artifact(self.run_id, str(path), folder or None)
+        return artifact_file
+
     def log_text(self, text: str, artifact_file: str) -> str:
         self.client.log_text(self.run_id, text, artifact_file)
         return artifact_file

@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from dartflow.tasks.curation.groups import whole_groups
+from dartflow.tasks.curation.groups import training_groups, whole_groups
 
 
 def test_takes_oldest_whole_groups_and_never_splits_one():
@@ -14,3 +14,25 @@ def test_takes_oldest_whole_groups_and_never_splits_one():
     assert whole_groups(6)(candidates) == ["a1", "a2", "b1", "b2"]  # group c (3 rows) does not fit
     assert whole_groups(7)(candidates) == ["a1", "a2", "b1", "b2", "c1", "c2", "c3"]
     assert whole_groups(1)(candidates) == []
+
+
+def test_a_group_that_does_not_fit_is_passed_over_for_a_younger_one_that_does():
+    candidates = pa.table({"trajectory_id": ["a1", "a2", "c1", "c2", "c3", "b1"], "group_id": ["a", "a", "c", "c", "c", "b"]})
+    assert whole_groups(3)(candidates) == ["a1", "a2", "b1"]
+    assert whole_groups(5)(candidates) == ["a1", "a2", "c1", "c2", "c3"]
+
+
+def test_training_groups_drops_groups_of_equal_rewards_and_remembers_them_once():
+    candidates = pa.table(
+        {
+            "trajectory_id": ["a1", "a2", "b1", "b2", "c1", "c2"],
+            "group_id": ["a", "a", "b", "b", "c", "c"],
+            "reward": [1.0, 1.0, 0.0, 1.0, 0.5, 0.5],
+        }
+    )
+    dropped: set[str] = set()
+    select = training_groups(4, drop_equal_rewards=True, dropped_groups=dropped)
+    assert select(candidates) == ["b1", "b2"]
+    assert select(candidates) == ["b1", "b2"] and dropped == {"a", "c"}
+    assert training_groups(4)(candidates) == ["a1", "a2", "b1", "b2"]  # off: every whole group
+    assert training_groups(4, drop_equal_rewards=True, reward_tolerance=1.0)(candidates) == []
