@@ -272,16 +272,6 @@ class RunConfig(_Section):
                 f"curation.rollout_budget.max_group_size ({budget.max_group_size}) must be <= training.batch_size "
                 f"({self.training.batch_size}): a batch takes whole groups, so a larger group could never train"
             )
-        not_applied = [
-            name for name, on in (
-                ("curation.experience_pool.enabled", self.curation.experience_pool.enabled),
-                ("curation.step_selection.enabled", self.curation.step_selection.enabled),
-                ("curation.duration.mode", self.curation.duration.mode != "off"),
-            ) if on
-        ]
-        if not_applied:
-            # A switch that silently did nothing would mislead whoever compares runs with it on and off.
-            raise ValueError(f"{', '.join(not_applied)}: not applied by the train flow yet; leave it off")
         return self
 
     def largest_group(self) -> int:

@@ -12,6 +12,7 @@ Everything is passed by id/version/path; the math lives in tasks/.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dartflow.config import RunConfig, validate_config
+from dartflow.storage.selection import sql_string
 from dartflow.tasks.curation.groups import training_groups
 
 TRAIN_WHERE = "split = 'train' AND source = 'rollout'"
@@ -59,6 +61,10 @@ class RunState:
     sampler: Any = None  # the curated sampler, when a sampler-side curation rule is on
     dropped_groups: set[str] = field(default_factory=set)  # dynamic sampling: groups of equal rewards passed over
     dropped_reported: int = 0
+    pool_injections: int = 0
+    poolable: tuple[int, set] = (-1, set())  # (trainer version, hard problems with pool members)
+    pool_injections_reported: int = 0
+    duration_corr: float = float("nan")  # duration vs batch membership of the last batch taken
 
 
 def batch_candidate(state: RunState):
@@ -75,6 +81,7 @@ def batch_candidate(state: RunState):
         select=training_groups(
             config.training.batch_size, drop_equal_rewards=dynamic.enabled,
             reward_tolerance=dynamic.reward_tolerance, dropped_groups=state.dropped_groups,
+            poolable_problems=poolable_problems(state) if dynamic.enabled else None,
         ),
     )
 
@@ -89,6 +96,7 @@ async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
     while True:
         batch = await asyncio.to_thread(batch_candidate, state)
         if batch_full(state.config, batch.num_rows):
+            state.duration_corr = await asyncio.to_thread(duration_batch_correlation, state, batch)
             return batch
         await asyncio.sleep(poll_s)
 
@@ -103,9 +111,108 @@ async def roll_out_sync_batch(state: RunState, rollout) -> None:
             return
 
 
+def trainer_side_curation(config: RunConfig, batch):
+    """The step's curation arguments: the fraction of turns to keep (high-entropy step selection)
+    and per-trajectory weights (duration relative to the group), each None when its rule is off."""
+    from dartflow.tasks.curation.selection import duration_weights
+
+    rules = config.curation
+    keep = rules.step_selection.keep_fraction if rules.step_selection.enabled else None
+    weights = None
+    if rules.duration.mode == "weight":
+        weights = duration_weights(batch["group_id"].to_pylist(), episode_seconds(batch))
+    return keep, weights
+
+
+def episode_seconds(rows) -> list[float]:
+    """Each trajectory's duration: its generation plus its environment time."""
+    return [g + e for g, e in zip(rows["generation_seconds"].to_pylist(), rows["environment_seconds"].to_pylist())]
+
+
+def duration_batch_correlation(state: RunState, batch) -> float:
+    """Correlation between an admissible trajectory's duration and its being in the batch taken
+    (fast episodes reaching the trainer first shows as a negative value)."""
+    from dartflow.tasks.curation.selection import duration_membership_correlation
+
+    candidates = state.store.admissible(state.trainer.version, state.config.rollout.max_staleness, where=TRAIN_WHERE)
+    taken = set(batch["trajectory_id"].to_pylist())
+    in_batch = [i in taken for i in candidates["trajectory_id"].to_pylist()]
+    return duration_membership_correlation(episode_seconds(candidates), in_batch)
+
+
+def hard_problems(state: RunState) -> set[tuple[str, str]]:
+    """(environment, problem_id) of the problems whose estimated difficulty reaches the pool's
+    threshold, from this run's train rollouts so far (problems never tried are not hard yet)."""
+    from dartflow.tasks.curation.difficulty import estimate_difficulty
+
+    rules = state.config.curation
+    stats = state.store.problem_stats(run_id=state.config.run_name, split="train")
+    frame = estimate_difficulty(stats, prior_alpha=rules.difficulty.prior_alpha, prior_beta=rules.difficulty.prior_beta)
+    hard = frame.filter(frame["difficulty"] >= rules.experience_pool.hard_threshold)
+    return set(zip(hard["environment"].to_list(), hard["problem_id"].to_list()))
+
+
+def poolable_problems(state: RunState) -> set[tuple[str, str]]:
+    """Hard problems with pool members (a success-less group of one gets a pooled success); empty
+    unless the pool is on. Computed once per trainer version (it reads the store)."""
+    if not state.config.curation.experience_pool.enabled:
+        return set()
+    version = state.trainer.version
+    if state.poolable[0] != version:
+        members = state.store.pool_members(columns=["environment", "problem_id"])
+        pooled = set(zip(members["environment"].to_pylist(), members["problem_id"].to_pylist()))
+        state.poolable = (version, hard_problems(state) & pooled)
+    return state.poolable[1]
+
+
+def inject_pooled_successes(state: RunState, batch):
+    """Experience pool: each group of a hard problem without a success gets one pooled success of
+    its problem (stored as a `source = "pool"` row of the group, with its own behaviour log-probs)."""
+    import pyarrow as pa
+
+    from dartflow.tasks.curation.pool import plan_injections
+
+    plan = plan_injections(batch, state.store.pool_members(), hard_problems(state))
+    injected = [state.store.inject_pooled(member, group_id) for group_id, member in plan]
+    state.pool_injections += len(injected)
+    if not injected:
+        return batch
+    return pa.concat_tables([batch, *(row.select(batch.column_names) for row in injected)])
+
+
+def pool_successes(state: RunState, batch) -> None:
+    """Successes of hard problems in a trained batch join the pool (capped per problem)."""
+    from dartflow.tasks.curation.pool import pool_candidates
+
+    cap = state.config.curation.experience_pool.capacity_per_problem
+    state.store.pool_add(pool_candidates(batch, hard_problems(state)), cap)
+
+
+def seed_pool_with_demonstrations(state: RunState) -> None:
+    """The run's successful scripted demonstrations join the pool before RL: a problem the policy
+    never solves can still get a success into its groups."""
+    from dartflow.tasks.curation.pool import pool_candidates
+
+    rules = state.config.curation.experience_pool
+    where = f"run_id = {sql_string(state.config.run_name)} AND source = 'demonstration'"
+    demonstrations = state.store.as_of(state.store.version, where=where)
+    if demonstrations.num_rows:
+        every_problem = set(zip(demonstrations["environment"].to_pylist(), demonstrations["problem_id"].to_pylist()))
+        added = state.store.pool_add(
+            pool_candidates(demonstrations, every_problem, sources=("demonstration",)), rules.capacity_per_problem
+        )
+        print(f"experience pool: {added} successful demonstrations added", flush=True)
+
+
 def curation_metrics(state: RunState) -> dict[str, float]:
     """The data manager's decisions since the last step: the sampler's latest round, groups dropped."""
     metrics = dict(state.sampler.round_metrics) if state.sampler is not None else {}
+    if state.duration_corr == state.duration_corr:  # not NaN
+        metrics["curation/duration_batch_corr"] = state.duration_corr
+    if state.config.curation.experience_pool.enabled:
+        metrics["curation/pool_injections"] = float(state.pool_injections - state.pool_injections_reported)
+        metrics["curation/pool_members"] = float(state.store.pool_count())
+        state.pool_injections_reported = state.pool_injections
     if state.config.curation.dynamic_sampling.enabled:
         dropped = len(state.dropped_groups)
         metrics["curation/groups_dropped"] = float(dropped - state.dropped_reported)
@@ -164,11 +271,16 @@ def build_flow():
         # A batch already recorded for this version was consumed by a step whose checkpoint was lost
         # (the process died in between): train on exactly that batch again, so nothing trains twice.
         if state.store.lineage(version).num_rows:
-            batch = await asyncio.to_thread(state.store.replay, version)
+            batch = await asyncio.to_thread(state.store.replay, version)  # pooled copies included
         else:
             batch = await wait_for_batch(state)
+            if state.config.curation.experience_pool.enabled:
+                batch = await asyncio.to_thread(inject_pooled_successes, state, batch)
         started = time.time()
-        report = await asyncio.to_thread(state.trainer.train_step, batch)
+        keep_turns, weights = trainer_side_curation(state.config, batch)
+        report = await asyncio.to_thread(
+            functools.partial(state.trainer.train_step, batch, keep_turn_fraction=keep_turns, trajectory_weights=weights)
+        )
         if report.skipped:
             # Weights untouched (non-finite loss/gradient): set the batch aside, give up after a few in a row.
             state.skipped_ids.update(batch["trajectory_id"].to_pylist())
@@ -179,6 +291,10 @@ def build_flow():
             return {**report.metrics, "train/batch_trajectories": batch.num_rows}
         state.consecutive_skips = 0
         state.store.record_consumption(report.start_version, batch)
+        if report.kept_turns:  # after the batch: a batch recorded without its turns retrains identically on resume
+            state.store.record_step_selection(report.start_version, report.kept_turns, report.turn_entropies)
+        if state.config.curation.experience_pool.enabled:
+            await asyncio.to_thread(pool_successes, state, batch)
         path = await asyncio.to_thread(state.trainer.save_checkpoint)
         state.intervals.append(("training", started, time.time()))
         swap_started = time.time()
@@ -222,7 +338,9 @@ def build_flow():
 
 
 def staleness_of(batch, trainer_version: int) -> list[int]:
-    return [trainer_version - v for v in batch["min_policy_version"].to_pylist()]
+    """Staleness of the batch's rollouts (pooled successes are old on purpose: the bound is for rollouts)."""
+    sources = batch["source"].to_pylist() if "source" in batch.column_names else ["rollout"] * batch.num_rows
+    return [trainer_version - v for v, s in zip(batch["min_policy_version"].to_pylist(), sources) if s != "pool"]
 
 
 def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
@@ -326,6 +444,9 @@ async def start_modules(state: RunState) -> None:
     state.cluster = EnvironmentCluster.from_config(config)
     await asyncio.gather(state.engine.start(), state.cluster.start())
     state.sampler = curated_sampler(state)
+    rules = config.curation.experience_pool
+    if rules.enabled and rules.seed_with_demonstrations and trainer.rl_steps == 0:
+        await asyncio.to_thread(seed_pool_with_demonstrations, state)
     state.service = RolloutService.from_config(
         config, engine=state.engine, cluster=state.cluster, store=state.store,
         trainer_version=lambda: state.trainer.version,
@@ -337,7 +458,6 @@ async def start_modules(state: RunState) -> None:
 def curated_sampler(state: RunState):
     """The curated sampler reading this run's attempts from the store, or None (uniform sampling)
     when no sampler-side rule is on."""
-    from dartflow.storage.selection import sql_string
     from dartflow.tasks.curation.sampler import ATTEMPT_COLUMNS, CuratedSampler, sampler_rules_on
     from dartflow.tasks.rollout.sampler import UniformSampler
 

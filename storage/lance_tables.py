@@ -102,6 +102,25 @@ def add_with_retry(table: lancedb.table.Table, data: pa.Table) -> int:
     raise AssertionError("unreachable")
 
 
+def insert_and_delete(
+    table: lancedb.table.Table, data: pa.Table, on: list[str], delete_where: str | None
+) -> int:
+    """In one commit: insert the rows of `data` whose `on` key is not in the table yet, and delete
+    the rows matching `delete_where` (None: none). Returns the committed table version. Readers
+    never see the inserts without the deletes (a capped table stays capped)."""
+    for attempt in range(_COMMIT_ATTEMPTS):
+        try:
+            builder = table.merge_insert(on).when_not_matched_insert_all()
+            if delete_where:
+                builder = builder.when_not_matched_by_source_delete(delete_where)
+            return builder.execute(data).version
+        except Exception as error:  # lancedb raises plain RuntimeError/OSError for commit conflicts
+            if not is_retryable(error) or attempt == _COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
 def ensure_btree_indices(table: lancedb.table.Table, columns: tuple[str, ...]) -> None:
     """Create the missing BTree indices (on a non-empty table; Lance cannot train on no rows)."""
     existing = {tuple(index.columns) for index in table.list_indices()}

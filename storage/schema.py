@@ -1,4 +1,5 @@
-"""Arrow schemas of the trajectory store: one row per multi-turn trajectory, one per consumption.
+"""Arrow schemas of the trajectory store: one row per multi-turn trajectory, one per consumption,
+one per pooled success (experience pool), one per trained trajectory's turn selection.
 
 Columns are named after the arguments of the code that consumes them (`behavior_logprobs`,
 `min_policy_version`, ...), so nothing is renamed between the store and the loss. Columns whose
@@ -92,4 +93,31 @@ LINEAGE_SCHEMA = pa.schema(
         _field("consumed_at", pa.timestamp("us", tz="UTC"), "When the consumption was recorded."),
     ],
     metadata={SCHEMA_NAME_KEY: b"lineage", SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+# Experience pool: successful trajectories kept per hard problem, each a full trajectory row (so a
+# pooled success can join a batch with its own tokens and behaviour log-probs) plus whose pool it is.
+POOL_FIELDS = [
+    _field("pool_run_id", pa.string(), "Run whose pool holds the row; null for a store without run id.", True),
+    _field("pooled_at", pa.timestamp("us", tz="UTC"), "When the trajectory entered the pool."),
+    *TRAJECTORY_FIELDS,
+]
+POOL_SCHEMA = pa.schema(
+    POOL_FIELDS,
+    metadata={SCHEMA_NAME_KEY: b"experience_pool", SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+# Which turns of each trajectory trained a version (high-entropy step selection), with every turn's
+# mean token entropy, so a reader can check the kept turns against the ones left out.
+STEP_SELECTION_SCHEMA = pa.schema(
+    [
+        _field("run_id", pa.string(), "Run of the trainer; null for a store without run id.", True),
+        _field("trainer_version", pa.int64(), "Policy version the batch trained (the step's input)."),
+        _field("position", pa.int32(), "Order of the trajectory in the recorded selection."),
+        _field("trajectory_id", pa.string(), "Trajectory whose turns were selected."),
+        _field("kept_turns", pa.list_(pa.int32()), "Indices of the turns that trained, ascending."),
+        _field("turn_entropies", pa.list_(pa.float32()), "Mean token entropy of every turn (num_turns)."),
+        _field("recorded_at", pa.timestamp("us", tz="UTC"), "When the selection was recorded."),
+    ],
+    metadata={SCHEMA_NAME_KEY: b"step_selection", SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )

@@ -116,10 +116,8 @@ def test_environments_are_checked_against_the_registry_at_config_time():
     assert len(config.environments) == 2
 
 
-def test_curation_groups_must_fit_a_batch_and_unapplied_rules_are_refused():
+def test_curation_groups_must_fit_a_batch():
     with pytest.raises(ConfigError, match=r"max_group_size \(32\) must be <= training.batch_size \(16\)"):
         load_config(None, ["training.batch_size=16", "curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=32"])
-    with pytest.raises(ConfigError, match="curation.step_selection.enabled: not applied"):
-        load_config(None, ["curation.step_selection.enabled=true"])
     config = load_config(None, ["curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=8"])
     assert config.largest_group() == 8 and load_config(None).largest_group() == load_config(None).rollout.group_size

@@ -35,10 +35,13 @@ def training_groups(
     drop_equal_rewards: bool = False,
     reward_tolerance: float = 0.0,
     dropped_groups: set[str] | None = None,
+    poolable_problems: set[tuple[str, str]] | None = None,
 ):
     """The trainer's selector: `whole_groups`, after dynamic sampling when `drop_equal_rewards` (groups
     whose rewards are all equal carry no advantage and are passed over; their ids are added to
-    `dropped_groups`, so the caller can count each once however often it polls)."""
+    `dropped_groups`, so the caller can count each once however often it polls). A group without
+    any success of a problem in `poolable_problems` (environment, problem_id) is kept: the
+    experience pool will add a success to it, which gives it an advantage."""
     from dartflow.tasks.curation.selection import informative_groups
 
     take = whole_groups(batch_size)
@@ -46,9 +49,21 @@ def training_groups(
     def select(candidates: pa.Table) -> list[str]:
         if drop_equal_rewards:
             kept, _ = informative_groups(candidates, reward_tolerance=reward_tolerance)
+            kept_ids = set(kept["group_id"].to_pylist())
+            if poolable_problems:
+                kept_ids |= _successless_groups_of(candidates, poolable_problems)
             if dropped_groups is not None:
-                dropped_groups.update(set(candidates["group_id"].to_pylist()) - set(kept["group_id"].to_pylist()))
-            candidates = kept
+                dropped_groups.update(set(candidates["group_id"].to_pylist()) - kept_ids)
+            candidates = candidates.filter(pa.array([g in kept_ids for g in candidates["group_id"].to_pylist()], pa.bool_()))
         return take(candidates)
 
     return select
+
+
+def _successless_groups_of(candidates: pa.Table, problems: set[tuple[str, str]]) -> set[str]:
+    succeeded: dict[str, bool] = {}
+    of_problem: dict[str, tuple[str, str]] = {}
+    for row in candidates.select(["group_id", "environment", "problem_id", "success"]).to_pylist():
+        succeeded[row["group_id"]] = succeeded.get(row["group_id"], False) or bool(row["success"])
+        of_problem[row["group_id"]] = (row["environment"], row["problem_id"])
+    return {g for g, ok in succeeded.items() if not ok and of_problem[g] in problems}

@@ -97,10 +97,13 @@ class DynamicSamplingConfig(_Section):
 
 
 class ExperiencePoolConfig(_Section):
-    """Pooled successes joining success-less groups of hard problems (the pool table comes later)."""
+    """Pooled successes joining success-less groups of hard problems (flows/train.py, tasks/curation/pool.py)."""
 
     enabled: bool = Field(False, description="Keep successful trajectories of hard problems and inject them.")
     capacity_per_problem: int = Field(4, ge=1, le=1024, description="Most pooled successes kept per problem.")
+    seed_with_demonstrations: bool = Field(
+        True, description="Successful scripted demonstrations of the BC warm-up join the pool before RL."
+    )
     hard_threshold: float = Field(
         0.6,
         gt=0,
@@ -128,7 +131,8 @@ class DurationConfig(_Section):
     mode: Literal["off", "weight", "whole_groups"] = Field(
         "off",
         description="off: no correction; weight: each trajectory weighs its duration / its group's mean duration "
-        "(selection.duration_weights); whole_groups: a group trains only once all its rollouts finished.",
+        "(selection.duration_weights); whole_groups: a group trains only once all its rollouts finished, which "
+        "the trainer always does (the rollout service writes a group when its last rollout ends): the same as off.",
     )
 
 

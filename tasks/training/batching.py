@@ -13,11 +13,17 @@ context it was sampled from.
 
 Sequences are right-padded: with causal attention a real token never attends to the pad tokens
 after it, so no padding mask is needed and positions are the plain 0..T-1.
+
+Two trainer-side curation rules change which tokens train and how much (issue 7):
+`kept_turns` leaves the tokens of the other turns out of the mask (as if they were observations,
+so they add nothing to the loss or to its normaliser), and `trajectory_weights` scales each
+trajectory's token weights (the normaliser being the total weight, weight 0 = the row is absent).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +52,7 @@ class MicroBatch:
     token_weights: torch.Tensor  # (B, T) float32: each agent token's share of the loss (see LOSS_AGGREGATIONS), 0 off the mask
     rows: torch.Tensor  # (B,) int64: trajectory row in the batch of each sequence
     lengths: torch.Tensor  # (B,) int64: tokens of each sequence before padding
+    token_turns: torch.Tensor  # (B, T) int64: the row's turn that sampled each token of the mask, -1 off the mask
 
     @property
     def num_loss_tokens(self) -> int:
@@ -132,6 +139,7 @@ def collate(
         )[:, None].expand(-1, width) * loss_mask_t,
         rows=rows,
         lengths=torch.tensor([seq.token_ids.size for seq in sequences], dtype=torch.int64),
+        token_turns=torch.from_numpy(token_turns),
     )
 
 
@@ -146,14 +154,19 @@ def _token_advantages(advantages: torch.Tensor, rows: torch.Tensor, token_turns:
 
 def build_micro_batches(
     table: pa.Table, advantages: torch.Tensor, *, micro_batch_size: int, pad_token_id: int,
-    aggregation: str = "token_mean",
+    aggregation: str = "token_mean", trajectory_weights: np.ndarray | None = None,
+    kept_turns: Sequence[np.ndarray] | None = None,
 ) -> list[MicroBatch]:
     """Micro-batches of `micro_batch_size` trajectories each (their sequences), longest first.
 
     Sorting by length keeps padding low; it changes nothing else, since the loss is a weighted sum
     over the whole batch divided by the batch's total weight. `advantages`: (num_rows,), one per
     trajectory, or (num_rows, turns), one per turn (turns >= the most turns of a row);
-    `aggregation`: how the batch's tokens share the loss (LOSS_AGGREGATIONS).
+    `aggregation`: how the batch's tokens share the loss (LOSS_AGGREGATIONS);
+    `trajectory_weights` (num_rows,): multiplies every token weight of its row (`check_trajectory_weights`);
+    `kept_turns`: per row, a bool per turn; only the tokens of kept turns enter the mask, and the
+    aggregation counts only them. The chunks and the tensors' shapes do not depend on either, so
+    the i-th micro-batch holds the same sequences with or without them.
     """
     most_turns = max(table["prompt_token_ids"].combine_chunks().value_lengths().to_pylist(), default=0) if table.num_rows else 0
     if advantages.dim() not in (1, 2) or advantages.shape[0] != table.num_rows or (
@@ -165,11 +178,14 @@ def build_micro_batches(
         )
     by_row: dict[int, list[TokenSequence]] = {}
     for seq in trajectory_sequences(table):
-        by_row.setdefault(seq.row, []).append(seq)
+        by_row.setdefault(seq.row, []).append(seq if kept_turns is None else keep_turns(seq, kept_turns[seq.row]))
     agent_tokens = np.zeros(table.num_rows, dtype=np.int64)
     for row, seqs in by_row.items():
         agent_tokens[row] = sum(int(seq.agent_mask.sum()) for seq in seqs)
-    row_weights = torch.from_numpy(token_weights_per_row(agent_tokens, aggregation))
+    row_weights = token_weights_per_row(agent_tokens, aggregation)
+    if trajectory_weights is not None:
+        row_weights = (row_weights * np.asarray(trajectory_weights, dtype=np.float64)).astype(np.float32)
+    row_weights = torch.from_numpy(row_weights)
     lengths = {row: sum(seq.token_ids.size for seq in seqs) for row, seqs in by_row.items()}
     order = sorted(by_row, key=lambda row: -lengths[row])  # stable: ties keep batch order
     chunks = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
@@ -196,6 +212,36 @@ def token_weights_per_row(agent_tokens: np.ndarray, aggregation: str) -> np.ndar
     raise ValueError(f"loss aggregation must be one of {LOSS_AGGREGATIONS}, got {aggregation!r}")
 
 
+def keep_turns(sequence: TokenSequence, kept: np.ndarray) -> TokenSequence:
+    """`sequence` with only the agent tokens of the turns where `kept` (bool, one per turn of its row)."""
+    lookup = np.append(np.asarray(kept, dtype=bool), False)  # turn -1 (not an agent token) -> False
+    agent_mask = sequence.agent_mask & lookup[sequence.turn_of_token]
+    return replace(sequence, agent_mask=agent_mask, turn_of_token=np.where(agent_mask, sequence.turn_of_token, -1))
+
+
+def check_trajectory_weights(weights: Sequence[float] | np.ndarray, num_rows: int) -> np.ndarray:
+    """`weights` as a float64 array (num_rows,), or a ValueError saying what is wrong with them."""
+    array = np.asarray(weights, dtype=np.float64)
+    if array.shape != (num_rows,):
+        raise ValueError(f"trajectory_weights must hold one weight per batch row, shape ({num_rows},), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        rows = np.flatnonzero(~np.isfinite(array)).tolist()
+        raise ValueError(f"trajectory_weights must be finite, got NaN or inf at rows {rows}")
+    if np.any(array < 0):
+        raise ValueError(f"trajectory_weights must be >= 0, got negative ones at rows {np.flatnonzero(array < 0).tolist()}")
+    return array
+
+
 def staleness(table: pa.Table, trainer_version: int) -> np.ndarray:
     """Versions between the trainer and the oldest token of each trajectory. Shape (n,), int64."""
     return trainer_version - table["min_policy_version"].to_numpy().astype(np.int64)
+
+
+def rollout_staleness(table: pa.Table, trainer_version: int) -> np.ndarray:
+    """`staleness` of the rows that are not pooled successes (`source` "pool"): the experience
+    pool's rows are old on purpose, and the staleness bound is about rollouts. A table without a
+    `source` column is all rollouts. Shape (rows kept,), int64."""
+    values = staleness(table, trainer_version)
+    if "source" not in table.column_names:
+        return values
+    return values[np.asarray(table["source"].to_pylist(), dtype=object) != "pool"]

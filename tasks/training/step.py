@@ -98,6 +98,16 @@ def proximal_logprobs(model: PreTrainedModel, micro_batches: list[MicroBatch], *
     return [agent_token_logprobs(model, mb, full_logits=full_logits)[0] for mb in micro_batches]
 
 
+@torch.no_grad()
+def proximal_logprobs_and_entropy(
+    model: PreTrainedModel, micro_batches: list[MicroBatch], *, full_logits: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """`proximal_logprobs` and the entropy of the policy at the same tokens, from the same logits
+    (the high-entropy step selection's input). (N_i,) each."""
+    results = [agent_token_logprobs(model, mb, entropy=True, full_logits=full_logits) for mb in micro_batches]
+    return [logprobs for logprobs, _ in results], [entropy for _, entropy in results]
+
+
 def policy_gradient_step(
     policy: PreTrainedModel,
     optimizer: torch.optim.Optimizer,

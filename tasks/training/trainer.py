@@ -4,6 +4,8 @@
     trainer.save_checkpoint()                     # v000000: the untied folder engines start from
     batch = store.next_batch(trainer.version, max_staleness, batch_size)
     report = trainer.train_step(batch)            # version += 1 unless report.skipped
+    # curation (issue 7): train only the top 30% of turns by entropy, weight trajectories by duration
+    report = trainer.train_step(batch, keep_turn_fraction=0.3, trajectory_weights=duration_weights(...))
     store.record_consumption(report.start_version, batch)
     path = trainer.save_checkpoint()              # publish to the rollout engines
     ...
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,15 @@ from transformers import AutoTokenizer
 
 from dartflow.tasks.training import checkpoints
 from dartflow.tasks.training.advantages import group_index, turn_advantages, zero_signal_group_fraction
-from dartflow.tasks.training.batching import MicroBatch, build_micro_batches, staleness
+from dartflow.tasks.training.batching import MicroBatch, build_micro_batches, check_trajectory_weights, rollout_staleness
 from dartflow.tasks.training.bc import behaviour_cloning_step
 from dartflow.tasks.training.logprobs import head_matches_forward
 from dartflow.tasks.training.schedule import learning_rate
 from dartflow.tasks.training.settings import TrainerSettings
-from dartflow.tasks.training.step import StepOutcome, policy_gradient_step, proximal_logprobs
+from dartflow.tasks.training.step import (
+    StepOutcome, policy_gradient_step, proximal_logprobs, proximal_logprobs_and_entropy,
+)
+from dartflow.tasks.training.turns import select_turns, turn_counts, turn_mean_entropies
 
 METRIC_PREFIX = "train/"
 logger = logging.getLogger(__name__)
@@ -46,6 +51,29 @@ class StepReport:
     start_version: int  # version the batch trained: what TrajectoryStore.record_consumption takes
     skipped: bool
     skip_reason: str | None = None
+    # High-entropy step selection (train_step's keep_turn_fraction); both empty when it is off.
+    kept_turns: dict[str, list[int]] = field(default_factory=dict)  # trajectory_id -> trained turns (0-based)
+    # trajectory_id -> mean token entropy of each turn under the start-of-step policy (NaN: no agent token)
+    turn_entropies: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnSelection:
+    """Which turns of a batch train: the micro-batches restricted to them, and what to report."""
+
+    micro_batches: list[MicroBatch]  # only the kept turns' tokens in the masks; micro-batches left empty dropped
+    proximal: list[torch.Tensor]  # the start-of-step log-probs of those tokens, one (N_i,) per micro-batch
+    kept_turns: dict[str, list[int]]
+    turn_entropies: dict[str, list[float]]
+    metrics: dict[str, float]
+
+
+def _weighted_only(
+    micro_batches: list[MicroBatch], proximal: list[torch.Tensor] | None
+) -> tuple[list[MicroBatch], list[torch.Tensor] | None]:
+    """The micro-batches with some token weight > 0 (and their proximal log-probs)."""
+    keep = [i for i, mb in enumerate(micro_batches) if float(mb.token_weights.sum()) > 0]
+    return [micro_batches[i] for i in keep], None if proximal is None else [proximal[i] for i in keep]
 
 
 class Trainer:
@@ -98,16 +126,34 @@ class Trainer:
 
     # ---- steps ----------------------------------------------------------------------------
 
-    def train_step(self, batch: pa.Table) -> StepReport:
-        """One decoupled-PPO step on a batch of TRAJECTORY_SCHEMA rows (any number of rows)."""
+    def train_step(
+        self, batch: pa.Table, *, keep_turn_fraction: float | None = None, trajectory_weights: Any | None = None
+    ) -> StepReport:
+        """One decoupled-PPO step on a batch of TRAJECTORY_SCHEMA rows (any number of rows).
+
+        keep_turn_fraction: train only the ceil(fraction x turns) turns of the batch with the highest
+        mean token entropy under the start-of-step policy (None: every turn). trajectory_weights:
+        (rows,), finite, >= 0: multiplies each trajectory's token weights; the loss stays a weighted
+        mean (normalised by the total weight), so weight 0 == the row absent, 2 == the row twice.
+        Staleness metrics leave out the experience pool's rows (`source` "pool").
+        """
         started = time.perf_counter()
+        if keep_turn_fraction is not None and not 0.0 < keep_turn_fraction <= 1.0:
+            raise ValueError(f"keep_turn_fraction must be in (0, 1] or None, got {keep_turn_fraction}")
+        weights = None if trajectory_weights is None else check_trajectory_weights(trajectory_weights, batch.num_rows)
         rewards = torch.from_numpy(batch["reward"].to_numpy().astype(np.float64))  # (n,)
         groups = group_index(batch["group_id"].to_pylist())  # (n,)
         advantages = turn_advantages(
             rewards, batch["turn_rewards"].to_pylist(), groups, self.settings.advantage,
             credit=self.settings.credit, discount=self.settings.discount,
         )  # (n, most turns)
-        micro_batches = self._micro_batches(batch, advantages, self.settings.loss_aggregation)
+        micro_batches = self._micro_batches(batch, advantages, self.settings.loss_aggregation, weights)
+        selection, proximal = None, None
+        if keep_turn_fraction is not None:
+            selection = self._select_turns(batch, advantages, micro_batches, keep_turn_fraction, weights)
+            micro_batches, proximal = selection.micro_batches, selection.proximal
+        if weights is not None:  # a micro-batch of weight-0 rows only would add nothing but its cost
+            micro_batches, proximal = _weighted_only(micro_batches, proximal)
         lr = learning_rate(
             self.rl_steps,
             base_lr=self.settings.lr,
@@ -116,25 +162,65 @@ class Trainer:
             total_steps=self.settings.steps,
             min_lr_ratio=self.settings.min_lr_ratio,
         )
-        outcome = self._updates(micro_batches, lr)
-        batch_staleness = staleness(batch, self._version)
+        outcome = self._updates(micro_batches, lr, proximal)
+        batch_staleness = rollout_staleness(batch, self._version)
         batch_metrics = {
-            "staleness_mean": float(batch_staleness.mean()) if batch.num_rows else 0.0,
-            "staleness_max": float(batch_staleness.max()) if batch.num_rows else 0.0,
+            "staleness_mean": float(batch_staleness.mean()) if batch_staleness.size else 0.0,
+            "staleness_max": float(batch_staleness.max()) if batch_staleness.size else 0.0,
             "zero_signal_group_frac": zero_signal_group_fraction(rewards, groups),
             "reward_mean": float(rewards.mean()) if batch.num_rows else 0.0,
+            **(selection.metrics if selection is not None else {}),
         }
+        if weights is not None:
+            batch_metrics["trajectory_weight_mean"] = float(weights.mean()) if weights.size else 0.0
+            batch_metrics["trajectory_weight_max"] = float(weights.max()) if weights.size else 0.0
         if outcome.applied:
             self.rl_steps += 1
-        return self._report(outcome, micro_batches, batch, lr, started, batch_metrics)
+        report = self._report(outcome, micro_batches, batch, lr, started, batch_metrics)
+        if selection is None:
+            return report
+        return replace(report, kept_turns=selection.kept_turns, turn_entropies=selection.turn_entropies)
 
-    def _updates(self, micro_batches: list[MicroBatch], lr: float) -> StepOutcome:
+    def _select_turns(
+        self, batch: pa.Table, advantages: torch.Tensor, micro_batches: list[MicroBatch], keep_fraction: float,
+        weights: np.ndarray | None,
+    ) -> TurnSelection:
+        """High-entropy step selection. The proximal pass (the start-of-step policy, no grad; the
+        one `updates_per_batch > 1` needs anyway) also gives each agent token's entropy; the turns
+        with the highest mean entropy keep their tokens in the loss mask, the others leave it."""
+        proximal, token_entropies = proximal_logprobs_and_entropy(
+            self.policy, micro_batches, full_logits=self.full_logits
+        )  # (N_i,) each
+        entropies = turn_mean_entropies(micro_batches, token_entropies, turn_counts(batch))  # per row (turns,)
+        kept, kept_fraction = select_turns(entropies, keep_fraction)
+        selected = self._micro_batches(batch, advantages, self.settings.loss_aggregation, weights, kept)
+        # Same chunks and shapes as `micro_batches`, and a kept token was an agent token there: its
+        # proximal log-prob is the one at its place in the old mask.
+        pairs = [
+            (mb, logprobs[mb.loss_mask[full.loss_mask]])
+            for full, mb, logprobs in zip(micro_batches, selected, proximal, strict=True)
+            if mb.num_loss_tokens
+        ]
+        ids = batch["trajectory_id"].to_pylist()
+        turns_total = sum(e.size for e in entropies)
+        return TurnSelection(
+            micro_batches=[mb for mb, _ in pairs],
+            proximal=[logprobs for _, logprobs in pairs],
+            kept_turns={ids[row]: np.flatnonzero(mask).tolist() for row, mask in enumerate(kept)},
+            turn_entropies={ids[row]: e.tolist() for row, e in enumerate(entropies)},
+            metrics={"turns_kept_frac": kept_fraction if turns_total else 0.0, "turns_total": float(turns_total)},
+        )
+
+    def _updates(
+        self, micro_batches: list[MicroBatch], lr: float, proximal: list[torch.Tensor] | None = None
+    ) -> StepOutcome:
         """`updates_per_batch` decoupled-PPO updates on one batch (PPO epochs): the proximal policy
         of every update is the one the batch started from, so the clip bounds the whole step's move.
         Stops at the first update that is skipped; reports the last applied update's statistics, and
         a later update's skip as `updates_skipped` with a warning (the earlier updates stay applied)."""
         updates = self.settings.updates_per_batch
-        proximal = proximal_logprobs(self.policy, micro_batches, full_logits=self.full_logits) if updates > 1 else None
+        if proximal is None and updates > 1:
+            proximal = proximal_logprobs(self.policy, micro_batches, full_logits=self.full_logits)
         outcome, applied = None, 0
         for _ in range(updates):
             attempt = policy_gradient_step(
@@ -167,10 +253,13 @@ class Trainer:
             self.bc_steps += 1
         return self._report(outcome, micro_batches, batch, lr, started, {})
 
-    def _micro_batches(self, batch: pa.Table, advantages: torch.Tensor, aggregation: str) -> list[MicroBatch]:
+    def _micro_batches(
+        self, batch: pa.Table, advantages: torch.Tensor, aggregation: str, weights: np.ndarray | None = None,
+        kept_turns: list[np.ndarray] | None = None,
+    ) -> list[MicroBatch]:
         micro_batches = build_micro_batches(
             batch, advantages, micro_batch_size=self.settings.micro_batch_size, pad_token_id=self.pad_token_id,
-            aggregation=aggregation,
+            aggregation=aggregation, trajectory_weights=weights, kept_turns=kept_turns,
         )
         longest = max((mb.input_ids.shape[1] for mb in micro_batches), default=0)
         if self.max_length is not None and longest > self.max_length:

@@ -15,7 +15,7 @@ import time
 
 import psutil
 import pytest
-from test_train_flow import DARTFLOW, SMALL, small_run
+from test_train_flow import DARTFLOW, small_run
 
 INTERRUPTED = re.compile(r"dartflow: interrupted \(SIGINT\) at version (\d+); resume with: (.+)$")
 
@@ -29,30 +29,21 @@ def read_until(process, marker: str, timeout_s: float) -> list[str]:
     return lines
 
 
-def start_train(config, env) -> subprocess.Popen:
+def start_train(config, env, *extra: str) -> subprocess.Popen:
     """`dartflow train CONFIG` in its own process group, like a job in a terminal, output piped."""
     return subprocess.Popen(
-        [str(DARTFLOW), "train", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [str(DARTFLOW), "train", *extra, str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
-    from mlflow import MlflowClient
-
-    from dartflow.config import load_config
-    from dartflow.storage import TrajectoryStore
-    from dartflow.tasks.training.checkpoints import list_checkpoints
-
-    steps, bc_versions = 6, SMALL["training"]["bc_steps"]
-    config, env = small_run(tmp_path, steps)
-    process = start_train(config, env)
+def ctrl_c_at(process: subprocess.Popen, marker: str) -> tuple[str, list, float]:
+    """Wait for `marker` in the run's output, send Ctrl-C to its process group, wait for it to end;
+    returns (its output, its child processes at the signal, the signal's time)."""
     try:
-        output = read_until(process, "| step 2/", timeout_s=600)
-        assert "| step 2/" in output[-1], "".join(output)[-3000:]
+        output = read_until(process, marker, timeout_s=600)
+        assert marker in output[-1], "".join(output)[-3000:]
         processes = psutil.Process(process.pid).children(recursive=True)  # engine, env workers, Prefect API...
-        assert len(processes) >= 3
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
         signalled = time.time()
         output += process.stdout.readlines()
@@ -60,79 +51,71 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    shown = "".join(output)
-    assert process.returncode == 130, shown[-4000:]
-    assert time.time() - signalled < 90, shown[-4000:]
-    (message,) = [m for m in map(INTERRUPTED.search, output) if m]
-    assert message.group(2) == f"dartflow train {config} --resume"
-    _, alive = psutil.wait_procs(processes, timeout=10)
-    assert not alive, [(p.pid, p.name()) for p in alive]
-
-    # The latest checkpoint is the version of the last step whose batch the store recorded.
-    run_config = load_config(config)
-    store = TrajectoryStore(run_config.store_uri, run_id="e2e")
-    trained = [v for v in range(bc_versions, bc_versions + steps) if store.lineage(v).num_rows]
-    version = int(message.group(1))
-    checkpoints = list_checkpoints(run_config.work_dir / "runs" / "e2e" / "checkpoints")
-    assert checkpoints[-1][0] == version == trained[-1] + 1
-    printed = [int(v) for v in re.findall(r"\[v\s*(\d+) \| step", shown)]
-    assert version >= max(printed)
-    client = MlflowClient(run_config.mlflow_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("dartflow").experiment_id])
-    assert run.info.status == "KILLED"
-
-    resumed = subprocess.run(
-        [str(DARTFLOW), "train", "--resume", str(config)], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    store = TrajectoryStore(run_config.store_uri, run_id="e2e")
-    consumed = []
-    for v in range(bc_versions, bc_versions + steps):
-        lineage = store.lineage(v)
-        assert lineage.num_rows > 0, f"version {v} has no batch: versions did not continue"
-        consumed += lineage["trajectory_id"].to_pylist()
-    assert len(consumed) == len(set(consumed))  # no trajectory trained twice
-    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    return "".join(output), processes, signalled
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_bc_stops_at_once_and_resume_redoes_bc_on_the_same_demonstrations(tmp_path):
+def test_ctrl_c_in_bc_then_in_rl_and_two_resumes_finish_the_run_training_nothing_twice(tmp_path):
+    """One run stopped twice: in the BC warm-up (resume redoes BC on the same demonstrations), then
+    between RL steps (resume continues from the checkpoint the lineage explains)."""
     import yaml
+    from mlflow import MlflowClient
 
     from dartflow.config import load_config
     from dartflow.storage import TrajectoryStore
     from dartflow.tasks.training.checkpoints import list_checkpoints
 
-    bc_steps = 200  # ~20 s of BC: the signal lands well inside it
-    config, env = small_run(tmp_path, steps=1)
+    steps, bc_steps = 6, 60  # BC steps take ~0.1 s: the first signal lands inside the warm-up
+    config, env = small_run(tmp_path, steps)
     small = yaml.safe_load(config.read_text())
     small["training"]["bc_steps"] = bc_steps
     config.write_text(yaml.safe_dump(small))
+    run_config = load_config(config)
+    demonstrations = small["training"]["bc_demonstrations"]
+
+    # 1. Ctrl-C during BC: it stops between BC steps, before any RL.
     process = start_train(config, env)
-    try:
-        output = read_until(process, f"bc warm-up: step 10/{bc_steps}", timeout_s=300)
-        os.killpg(process.pid, signal.SIGINT)
-        output += process.stdout.readlines()
-        process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    shown = "".join(output)
+    shown, _, _ = ctrl_c_at(process, f"bc warm-up: step 10/{bc_steps}")
     assert process.returncode == 130, shown[-4000:]
     assert "bc warm-up: stopped at step" in shown and f"bc warm-up: {bc_steps} steps" not in shown, shown[-4000:]
 
+    # 2. Resume: BC is redone on the stored demonstrations, then Ctrl-C between RL steps.
+    process = start_train(config, env, "--resume")
+    shown, processes, signalled = ctrl_c_at(process, "| step 2/")
+    assert f"bc warm-up: {bc_steps} steps on {demonstrations} scripted demonstrations" in shown, shown[-4000:]
+    assert len(processes) >= 3
+    assert process.returncode == 130, shown[-4000:]
+    assert time.time() - signalled < 90, shown[-4000:]
+    (message,) = [m for m in map(INTERRUPTED.search, shown.splitlines()) if m]
+    assert message.group(2) == f"dartflow train {config} --resume"
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    store = TrajectoryStore(run_config.store_uri, run_id="e2e")
+    assert store.as_of(store.version, where="source = 'demonstration'").num_rows == demonstrations  # written once
+    # The latest checkpoint is the version of the last step whose batch the store recorded.
+    trained = [v for v in range(bc_steps, bc_steps + steps) if store.lineage(v).num_rows]
+    version = int(message.group(1))
+    checkpoints = list_checkpoints(run_config.work_dir / "runs" / "e2e" / "checkpoints")
+    assert checkpoints[-1][0] == version == trained[-1] + 1
+    assert version >= max(int(v) for v in re.findall(r"\[v\s*(\d+) \| step", shown))
+    client = MlflowClient(run_config.mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dartflow").experiment_id])
+    assert run.info.status == "KILLED"
+
+    # 3. Resume again: the run finishes; every version has its batch, no trajectory trained twice.
     resumed = subprocess.run(
         [str(DARTFLOW), "train", "--resume", str(config)], env=env, capture_output=True, text=True, timeout=900
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    demonstrations = small["training"]["bc_demonstrations"]
-    assert f"bc warm-up: {bc_steps} steps on {demonstrations} scripted demonstrations" in resumed.stdout
-    run_config = load_config(config)
+    assert "bc warm-up" not in resumed.stdout  # RL had started: BC is not redone
     store = TrajectoryStore(run_config.store_uri, run_id="e2e")
-    stored = store.as_of(store.version, where="source = 'demonstration'")
-    assert stored.num_rows == demonstrations  # written once, reused by the redone warm-up
-    versions = [v for v, _ in list_checkpoints(run_config.work_dir / "runs" / "e2e" / "checkpoints")]
-    assert bc_steps in versions and store.lineage(bc_steps).num_rows  # RL started after the whole warm-up
+    consumed = []
+    for v in range(bc_steps, bc_steps + steps):
+        lineage = store.lineage(v)
+        assert lineage.num_rows > 0, f"version {v} has no batch: versions did not continue"
+        consumed += lineage["trajectory_id"].to_pylist()
+    assert len(consumed) == len(set(consumed))  # no trajectory trained twice
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
 # ---- run_interruptibly without an engine -----------------------------------------------------------

@@ -36,3 +36,20 @@ def test_training_groups_drops_groups_of_equal_rewards_and_remembers_them_once()
     assert select(candidates) == ["b1", "b2"] and dropped == {"a", "c"}
     assert training_groups(4)(candidates) == ["a1", "a2", "b1", "b2"]  # off: every whole group
     assert training_groups(4, drop_equal_rewards=True, reward_tolerance=1.0)(candidates) == []
+
+
+def test_successless_groups_of_poolable_problems_survive_dynamic_sampling():
+    candidates = pa.table(
+        {
+            "trajectory_id": ["a1", "a2", "b1", "b2", "c1", "c2"],
+            "group_id": ["a", "a", "b", "b", "c", "c"],
+            "environment": ["e"] * 6,
+            "problem_id": ["hard", "hard", "easy", "easy", "hard", "hard"],
+            "reward": [0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+            "success": [False, False, True, True, True, True],
+        }
+    )
+    dropped: set[str] = set()
+    select = training_groups(6, drop_equal_rewards=True, dropped_groups=dropped, poolable_problems={("e", "hard")})
+    assert select(candidates) == ["a1", "a2"]  # a: no success, poolable; b, c: all succeeded, equal rewards
+    assert dropped == {"b", "c"}
