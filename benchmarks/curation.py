@@ -38,7 +38,6 @@ LEVELS = [{"range_size": 4, "max_turns": 3}, {"range_size": 16, "max_turns": 5},
 CURATION_ON = {
     "rollout_budget": {"enabled": True, "min_group_size": 2, "max_group_size": 8, "rollouts_per_round": 32},
     "turn_limit": {"enabled": True, "min_turns": 2},
-    "dynamic_sampling": {"enabled": True},
     "experience_pool": {"enabled": True, "capacity_per_problem": 4},
 }
 MODES = ("off", "on")

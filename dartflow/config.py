@@ -272,6 +272,17 @@ class RunConfig(_Section):
                 f"curation.rollout_budget.max_group_size ({budget.max_group_size}) must be <= training.batch_size "
                 f"({self.training.batch_size}): a batch takes whole groups, so a larger group could never train"
             )
+        if self.curation.dynamic_sampling.enabled:
+            # An end-to-end run with it on stalled (the trainer waited for a full batch for > 10 min).
+            raise ValueError(
+                "curation.dynamic_sampling.enabled: not usable yet (a train run with it on stalled; issue 7 follow-up); "
+                "leave it off"
+            )
+        limit = self.curation.turn_limit
+        if limit.enabled and limit.min_turns > self.rollout.max_turns:
+            raise ValueError(
+                f"curation.turn_limit.min_turns ({limit.min_turns}) must be <= rollout.max_turns ({self.rollout.max_turns})"
+            )
         return self
 
     def largest_group(self) -> int:

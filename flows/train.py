@@ -59,20 +59,26 @@ class RunState:
     consecutive_skips: int = 0
     tracker_link: str = ""
     sampler: Any = None  # the curated sampler, when a sampler-side curation rule is on
-    dropped_groups: set[str] = field(default_factory=set)  # dynamic sampling: groups of equal rewards passed over
+    # dynamic sampling: groups of equal rewards passed over (group id -> trajectory ids), and how many
+    # of them were already reported and released to the staleness gate
+    dropped_groups: dict[str, list[str]] = field(default_factory=dict)
     dropped_reported: int = 0
+    dropped_released: int = 0
+    background: Any = None  # the async rollout task, while it runs
     pool_injections: int = 0
-    poolable: tuple[int, set] = (-1, set())  # (trainer version, hard problems with pool members)
+    poolable: tuple[int, frozenset] = (-1, frozenset())  # (trainer version, hard problems with pool members)
     pool_injections_reported: int = 0
     duration_corr: float = float("nan")  # duration vs batch membership of the last batch taken
 
 
 def batch_candidate(state: RunState):
-    """The batch the trainer would take now: whole groups within the staleness bound (groups of
-    equal rewards passed over under dynamic sampling); it is full enough when `batch_full` says so."""
+    """(the batch the trainer would take now, sizes of the groups it passed over for lack of room):
+    whole groups within the staleness bound (groups of equal rewards passed over under dynamic
+    sampling); it is full enough when `batch_full` says so."""
     config, trainer = state.config, state.trainer
     dynamic = config.curation.dynamic_sampling
-    return state.store.next_batch(
+    passed_over: list[int] = []
+    batch = state.store.next_batch(
         trainer.version,
         config.rollout.max_staleness,
         config.training.batch_size,
@@ -82,45 +88,91 @@ def batch_candidate(state: RunState):
             config.training.batch_size, drop_equal_rewards=dynamic.enabled,
             reward_tolerance=dynamic.reward_tolerance, dropped_groups=state.dropped_groups,
             poolable_problems=poolable_problems(state) if dynamic.enabled else None,
+            passed_over=passed_over,
         ),
     )
+    return batch, passed_over
 
 
-def batch_full(config: RunConfig, rows: int) -> bool:
-    # Whole groups may leave up to (largest group - 1) rows of the batch empty.
-    return rows >= max(config.training.batch_size - config.largest_group() + 1, 1)
+def batch_full(config: RunConfig, rows: int, passed_over: list[int]) -> bool:
+    """Whole groups may leave rows of the batch empty: it is full when not even the smallest group
+    could still fit, or when a waiting group was passed over because it did not fit (the batch
+    cannot grow until it trains; most of it filled)."""
+    size = config.training.batch_size
+    budget = config.curation.rollout_budget
+    smallest = budget.min_group_size if budget.enabled else config.rollout.group_size
+    if rows >= max(size - smallest + 1, 1):
+        return True
+    return bool(passed_over) and rows >= max(size - config.largest_group() + 1, 1)
+
+
+def release_dropped_groups(state: RunState) -> None:
+    """Groups dynamic sampling passed over are never trained: free their room in the staleness gate
+    (otherwise they hold it while the trainer waits for informative groups: a deadlock at k = 0)."""
+    new = list(state.dropped_groups)[state.dropped_released:]
+    state.dropped_released = len(state.dropped_groups)
+    if new and state.service is not None:
+        state.service.release([i for group in new for i in state.dropped_groups[group]], "equal rewards (dynamic sampling)")
+
+
+def raise_if_rollout_ended(state: RunState) -> None:
+    """A failed rollout task fails the run (instead of the trainer waiting for it forever)."""
+    background = state.background
+    if background is not None and background.done():
+        background.result()
+        raise RuntimeError("the rollout task ended before training finished")
 
 
 async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
     """Block (without blocking the loop) until a full batch within the staleness bound is in the store."""
     while True:
-        batch = await asyncio.to_thread(batch_candidate, state)
-        if batch_full(state.config, batch.num_rows):
+        batch, passed_over = await asyncio.to_thread(batch_candidate, state)
+        release_dropped_groups(state)
+        if batch_full(state.config, batch.num_rows, passed_over):
             state.duration_corr = await asyncio.to_thread(duration_batch_correlation, state, batch)
             return batch
+        raise_if_rollout_ended(state)
         await asyncio.sleep(poll_s)
+
+
+SYNC_ROLLOUTS_PER_BATCH = 20  # sync mode gives up after this many batches' worth of rollouts without a full batch
 
 
 async def roll_out_sync_batch(state: RunState, rollout) -> None:
     """Sync mode: roll out a batch's worth of trajectories, and more while dynamic sampling passes over
     so many groups that the batch is not full yet."""
-    while True:
+    for _ in range(SYNC_ROLLOUTS_PER_BATCH):
         await rollout(state, state.config.training.batch_size)
-        batch = await asyncio.to_thread(batch_candidate, state)
-        if batch_full(state.config, batch.num_rows):
+        batch, passed_over = await asyncio.to_thread(batch_candidate, state)
+        release_dropped_groups(state)
+        if batch_full(state.config, batch.num_rows, passed_over):
             return
+    raise RuntimeError(
+        f"sync mode: {SYNC_ROLLOUTS_PER_BATCH} batches' worth of rollouts gave no full batch: dynamic sampling "
+        "passed over their groups (all rewards equal); turn curation.dynamic_sampling off or make the task's rewards vary"
+    )
 
 
 def trainer_side_curation(config: RunConfig, batch):
     """The step's curation arguments: the fraction of turns to keep (high-entropy step selection)
     and per-trajectory weights (duration relative to the group), each None when its rule is off."""
+    import numpy as np
+
     from dartflow.tasks.curation.selection import duration_weights
 
     rules = config.curation
     keep = rules.step_selection.keep_fraction if rules.step_selection.enabled else None
     weights = None
     if rules.duration.mode == "weight":
-        weights = duration_weights(batch["group_id"].to_pylist(), episode_seconds(batch))
+        # Pooled rows (a demonstration has no duration at all) weigh 1: the weighting is about rollouts.
+        pooled = [s == "pool" for s in batch["source"].to_pylist()]
+        rollouts = [i for i, p in enumerate(pooled) if not p]
+        seconds = episode_seconds(batch)
+        weights = np.ones(batch.num_rows)
+        if rollouts:
+            weights[rollouts] = duration_weights(
+                [batch["group_id"][i].as_py() for i in rollouts], [seconds[i] for i in rollouts]
+            )
     return keep, weights
 
 
@@ -145,11 +197,23 @@ def hard_problems(state: RunState) -> set[tuple[str, str]]:
     threshold, from this run's train rollouts so far (problems never tried are not hard yet)."""
     from dartflow.tasks.curation.difficulty import estimate_difficulty
 
-    rules = state.config.curation
-    stats = state.store.problem_stats(run_id=state.config.run_name, split="train")
-    frame = estimate_difficulty(stats, prior_alpha=rules.difficulty.prior_alpha, prior_beta=rules.difficulty.prior_beta)
+    from dartflow.storage.stats import problem_stats
+    from dartflow.tasks.curation.difficulty import counted_attempts
+    from dartflow.tasks.curation.sampler import ATTEMPT_COLUMNS
+
+    rules, store = state.config.curation, state.store
+    rows = store.as_of(store.version, where=this_runs_training(state.config), columns=list(ATTEMPT_COLUMNS))
+    attempts = counted_attempts(rows, current_version=state.trainer.version, recent_versions=rules.difficulty.recent_versions)
+    frame = estimate_difficulty(
+        problem_stats(attempts), prior_alpha=rules.difficulty.prior_alpha, prior_beta=rules.difficulty.prior_beta
+    )
     hard = frame.filter(frame["difficulty"] >= rules.experience_pool.hard_threshold)
     return set(zip(hard["environment"].to_list(), hard["problem_id"].to_list()))
+
+
+def this_runs_training(config: RunConfig) -> str:
+    """SQL: this run's train rollouts (what difficulty is measured on)."""
+    return f"{TRAIN_WHERE} AND run_id = {sql_string(config.run_name)}"
 
 
 def poolable_problems(state: RunState) -> set[tuple[str, str]]:
@@ -161,7 +225,7 @@ def poolable_problems(state: RunState) -> set[tuple[str, str]]:
     if state.poolable[0] != version:
         members = state.store.pool_members(columns=["environment", "problem_id"])
         pooled = set(zip(members["environment"].to_pylist(), members["problem_id"].to_pylist()))
-        state.poolable = (version, hard_problems(state) & pooled)
+        state.poolable = (version, frozenset(hard_problems(state) & pooled))
     return state.poolable[1]
 
 
@@ -172,7 +236,8 @@ def inject_pooled_successes(state: RunState, batch):
 
     from dartflow.tasks.curation.pool import plan_injections
 
-    plan = plan_injections(batch, state.store.pool_members(), hard_problems(state))
+    # The same hard set dynamic sampling kept success-less groups for (cached per version).
+    plan = plan_injections(batch, state.store.pool_members(), poolable_problems(state))
     injected = [state.store.inject_pooled(member, group_id) for group_id, member in plan]
     state.pool_injections += len(injected)
     if not injected:
@@ -291,7 +356,8 @@ def build_flow():
             return {**report.metrics, "train/batch_trajectories": batch.num_rows}
         state.consecutive_skips = 0
         state.store.record_consumption(report.start_version, batch)
-        if report.kept_turns:  # after the batch: a batch recorded without its turns retrains identically on resume
+        # After the batch: a batch recorded without its turns is replayed on resume and recorded then.
+        if report.kept_turns and not state.store.step_selection(report.start_version).num_rows:
             state.store.record_step_selection(report.start_version, report.kept_turns, report.turn_entropies)
         if state.config.curation.experience_pool.enabled:
             await asyncio.to_thread(pool_successes, state, batch)
@@ -466,7 +532,7 @@ def curated_sampler(state: RunState):
         return None
     store = state.store
 
-    this_run = f"{TRAIN_WHERE} AND run_id = {sql_string(config.run_name)}"
+    this_run = this_runs_training(config)
 
     def read_attempts():
         return store.as_of(store.version, where=this_run, columns=list(ATTEMPT_COLUMNS))
@@ -486,11 +552,10 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
     first_eval = await evaluate_task(state, trainer.version)
     progress.evaluated(trainer.version, first_eval)
     background = asyncio.create_task(rollout(state)) if mode == "async" and trainer.rl_steps < target else None
+    state.background = background
     try:
         while trainer.rl_steps < target:
-            if background is not None and background.done():
-                background.result()  # a failed rollout fails the run
-                raise RuntimeError("the rollout task ended before training finished")
+            raise_if_rollout_ended(state)
             if mode == "sync":
                 await roll_out_sync_batch(state, rollout)
             metrics = await train_step(state, trainer.version)

@@ -119,5 +119,9 @@ def test_environments_are_checked_against_the_registry_at_config_time():
 def test_curation_groups_must_fit_a_batch():
     with pytest.raises(ConfigError, match=r"max_group_size \(32\) must be <= training.batch_size \(16\)"):
         load_config(None, ["training.batch_size=16", "curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=32"])
+    with pytest.raises(ConfigError, match=r"turn_limit.min_turns \(9\) must be <= rollout.max_turns"):
+        load_config(None, ["rollout.max_turns=4", "curation.turn_limit.enabled=true", "curation.turn_limit.min_turns=9"])
+    with pytest.raises(ConfigError, match="curation.dynamic_sampling.enabled: not usable yet"):
+        load_config(None, ["curation.dynamic_sampling.enabled=true"])
     config = load_config(None, ["curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=8"])
     assert config.largest_group() == 8 and load_config(None).largest_group() == load_config(None).rollout.group_size

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pyarrow as pa
 
 
-def whole_groups(batch_size: int):
+def whole_groups(batch_size: int, passed_over: list[int] | None = None):
     """A `TrajectoryStore.next_batch` selector: the oldest whole groups, at most `batch_size` rows.
 
     Candidates arrive oldest first; a group is taken with all its candidate rows or not at all. A
     group that does not fit in what is left is passed over for younger ones that do (groups of
     different sizes, from curation's rollout budget, would otherwise stop the batch at the first
-    large one).
+    large one). The sizes of the groups passed over are appended to `passed_over` when given: a
+    batch that passed over a group is as full as the groups in the store let it be now.
     """
 
     def select(candidates: pa.Table) -> list[str]:
@@ -24,6 +25,8 @@ def whole_groups(batch_size: int):
         for ids in members.values():
             if len(chosen) + len(ids) <= batch_size:
                 chosen += ids
+            elif passed_over is not None:
+                passed_over.append(len(ids))
         return chosen
 
     return select
@@ -34,17 +37,19 @@ def training_groups(
     *,
     drop_equal_rewards: bool = False,
     reward_tolerance: float = 0.0,
-    dropped_groups: set[str] | None = None,
+    dropped_groups: dict[str, list[str]] | None = None,
     poolable_problems: set[tuple[str, str]] | None = None,
+    passed_over: list[int] | None = None,
 ):
     """The trainer's selector: `whole_groups`, after dynamic sampling when `drop_equal_rewards` (groups
     whose rewards are all equal carry no advantage and are passed over; their ids are added to
-    `dropped_groups`, so the caller can count each once however often it polls). A group without
+    `dropped_groups` (group id -> its trajectory ids), so the caller can count and release each once
+    however often it polls). `passed_over` as in `whole_groups`. A group without
     any success of a problem in `poolable_problems` (environment, problem_id) is kept: the
     experience pool will add a success to it, which gives it an advantage."""
     from dartflow.tasks.curation.selection import informative_groups
 
-    take = whole_groups(batch_size)
+    take = whole_groups(batch_size, passed_over)
 
     def select(candidates: pa.Table) -> list[str]:
         if drop_equal_rewards:
@@ -53,7 +58,11 @@ def training_groups(
             if poolable_problems:
                 kept_ids |= _successless_groups_of(candidates, poolable_problems)
             if dropped_groups is not None:
-                dropped_groups.update(set(candidates["group_id"].to_pylist()) - kept_ids)
+                for group_id, trajectory_id in zip(candidates["group_id"].to_pylist(), candidates["trajectory_id"].to_pylist()):
+                    if group_id not in kept_ids:
+                        dropped_groups.setdefault(group_id, [])
+                        if trajectory_id not in dropped_groups[group_id]:
+                            dropped_groups[group_id].append(trajectory_id)
             candidates = candidates.filter(pa.array([g in kept_ids for g in candidates["group_id"].to_pylist()], pa.bool_()))
         return take(candidates)
 

@@ -356,6 +356,17 @@ class RolloutService:
         if expired:
             self._release(expired, f"never consumed through trainer v{self._lineage_next - 1}")
 
+    def release(self, trajectory_ids: list[str], why: str = "passed over by the trainer") -> int:
+        """Release written trajectories the trainer will never take (e.g. groups dynamic sampling
+        passes over): they stop holding the staleness gate's capacity. Ids not pending (already
+        released or consumed, or never written by this service) are ignored; returns how many were
+        released. Call it from the event loop's thread."""
+        count = sum(1 for i in trajectory_ids if self._pending.pop(i, None) is not None)
+        if count:
+            self._release(count, why)
+            self._notify()
+        return count
+
     def _release(self, count: int, why: str) -> None:
         self._released += count
         logger.info("staleness gate: %d trajectories too stale to be trained (%s), %d released in all",

@@ -18,7 +18,8 @@ def test_takes_oldest_whole_groups_and_never_splits_one():
 
 def test_a_group_that_does_not_fit_is_passed_over_for_a_younger_one_that_does():
     candidates = pa.table({"trajectory_id": ["a1", "a2", "c1", "c2", "c3", "b1"], "group_id": ["a", "a", "c", "c", "c", "b"]})
-    assert whole_groups(3)(candidates) == ["a1", "a2", "b1"]
+    passed_over: list[int] = []
+    assert whole_groups(3, passed_over)(candidates) == ["a1", "a2", "b1"] and passed_over == [3]
     assert whole_groups(5)(candidates) == ["a1", "a2", "c1", "c2", "c3"]
 
 
@@ -30,10 +31,10 @@ def test_training_groups_drops_groups_of_equal_rewards_and_remembers_them_once()
             "reward": [1.0, 1.0, 0.0, 1.0, 0.5, 0.5],
         }
     )
-    dropped: set[str] = set()
+    dropped: dict[str, list[str]] = {}
     select = training_groups(4, drop_equal_rewards=True, dropped_groups=dropped)
     assert select(candidates) == ["b1", "b2"]
-    assert select(candidates) == ["b1", "b2"] and dropped == {"a", "c"}
+    assert select(candidates) == ["b1", "b2"] and dropped == {"a": ["a1", "a2"], "c": ["c1", "c2"]}
     assert training_groups(4)(candidates) == ["a1", "a2", "b1", "b2"]  # off: every whole group
     assert training_groups(4, drop_equal_rewards=True, reward_tolerance=1.0)(candidates) == []
 
@@ -49,7 +50,7 @@ def test_successless_groups_of_poolable_problems_survive_dynamic_sampling():
             "success": [False, False, True, True, True, True],
         }
     )
-    dropped: set[str] = set()
+    dropped: dict[str, list[str]] = {}
     select = training_groups(6, drop_equal_rewards=True, dropped_groups=dropped, poolable_problems={("e", "hard")})
     assert select(candidates) == ["a1", "a2"]  # a: no success, poolable; b, c: all succeeded, equal rewards
-    assert dropped == {"b", "c"}
+    assert set(dropped) == {"b", "c"}

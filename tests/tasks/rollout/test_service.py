@@ -284,3 +284,11 @@ def test_a_gate_needs_its_bound():
     with pytest.raises(ValueError, match="max_staleness and batch_size"):
         RolloutService(engine=None, cluster=None, sink=None, sampler=None, settings=SETTINGS, prompter=object(),
                        trainer_version=lambda: 0)
+
+
+def test_release_frees_the_gate_capacity_of_written_trajectories_the_trainer_passes_over(tokenizer, prompter):
+    service = make_service(tokenizer, prompter)
+    service._pending = {"a1": 0, "a2": 0, "b1": 0}  # written, trainable until the lineage settles them
+    assert service.release(["a1", "a2", "unknown"]) == 2
+    assert service.released == 2 and set(service._pending) == {"b1"}
+    assert service.release(["a1"]) == 0  # released once only
