@@ -67,6 +67,7 @@ class RunState:
     background: Any = None  # the async rollout task, while it runs
     pool_injections: int = 0
     poolable: tuple[int, frozenset] = (-1, frozenset())  # (trainer version, hard problems with pool members)
+    hard: tuple[int, frozenset] = (-1, frozenset())  # (trainer version, hard problems)
     pool_injections_reported: int = 0
     duration_corr: float = float("nan")  # duration vs batch membership of the last batch taken
 
@@ -192,9 +193,17 @@ def duration_batch_correlation(state: RunState, batch) -> float:
     return duration_membership_correlation(episode_seconds(candidates), in_batch)
 
 
-def hard_problems(state: RunState) -> set[tuple[str, str]]:
+def hard_problems(state: RunState) -> frozenset[tuple[str, str]]:
     """(environment, problem_id) of the problems whose estimated difficulty reaches the pool's
-    threshold, from this run's train rollouts so far (problems never tried are not hard yet)."""
+    threshold, from this run's train rollouts so far (problems never tried are not hard yet).
+    Measured once per trainer version (it scans the run's rollouts)."""
+    version = state.trainer.version
+    if state.hard[0] != version:
+        state.hard = (version, measure_hard_problems(state))
+    return state.hard[1]
+
+
+def measure_hard_problems(state: RunState) -> frozenset[tuple[str, str]]:
     from dartflow.tasks.curation.difficulty import estimate_difficulty
 
     from dartflow.storage.stats import problem_stats
@@ -208,7 +217,7 @@ def hard_problems(state: RunState) -> set[tuple[str, str]]:
         problem_stats(attempts), prior_alpha=rules.difficulty.prior_alpha, prior_beta=rules.difficulty.prior_beta
     )
     hard = frame.filter(frame["difficulty"] >= rules.experience_pool.hard_threshold)
-    return set(zip(hard["environment"].to_list(), hard["problem_id"].to_list()))
+    return frozenset(zip(hard["environment"].to_list(), hard["problem_id"].to_list()))
 
 
 def this_runs_training(config: RunConfig) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import lancedb
@@ -90,16 +91,21 @@ def is_retryable(error: BaseException) -> bool:
     return any(word in message for word in _RETRYABLE)
 
 
-def add_with_retry(table: lancedb.table.Table, data: pa.Table) -> int:
-    """Append `data`; returns the committed table version. Once this returns, the rows are durable."""
+def _commit_with_retry(commit: Callable[[], int]) -> int:
+    """Run `commit` (one LanceDB commit, returning its table version), retrying commit conflicts."""
     for attempt in range(_COMMIT_ATTEMPTS):
         try:
-            return table.add(data).version
+            return commit()
         except Exception as error:  # lancedb raises plain RuntimeError/OSError for commit conflicts
             if not is_retryable(error) or attempt == _COMMIT_ATTEMPTS - 1:
                 raise
             time.sleep(random.uniform(0, 0.01 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+def add_with_retry(table: lancedb.table.Table, data: pa.Table) -> int:
+    """Append `data`; returns the committed table version. Once this returns, the rows are durable."""
+    return _commit_with_retry(lambda: table.add(data).version)
 
 
 def insert_and_delete(
@@ -108,17 +114,14 @@ def insert_and_delete(
     """In one commit: insert the rows of `data` whose `on` key is not in the table yet, and delete
     the rows matching `delete_where` (None: none). Returns the committed table version. Readers
     never see the inserts without the deletes (a capped table stays capped)."""
-    for attempt in range(_COMMIT_ATTEMPTS):
-        try:
-            builder = table.merge_insert(on).when_not_matched_insert_all()
-            if delete_where:
-                builder = builder.when_not_matched_by_source_delete(delete_where)
-            return builder.execute(data).version
-        except Exception as error:  # lancedb raises plain RuntimeError/OSError for commit conflicts
-            if not is_retryable(error) or attempt == _COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(random.uniform(0, 0.01 * 2**attempt))
-    raise AssertionError("unreachable")
+
+    def commit() -> int:
+        builder = table.merge_insert(on).when_not_matched_insert_all()
+        if delete_where:
+            builder = builder.when_not_matched_by_source_delete(delete_where)
+        return builder.execute(data).version
+
+    return _commit_with_retry(commit)
 
 
 def ensure_btree_indices(table: lancedb.table.Table, columns: tuple[str, ...]) -> None:
