@@ -272,11 +272,11 @@ class RunConfig(_Section):
                 f"curation.rollout_budget.max_group_size ({budget.max_group_size}) must be <= training.batch_size "
                 f"({self.training.batch_size}): a batch takes whole groups, so a larger group could never train"
             )
-        if self.curation.dynamic_sampling.enabled:
-            # An end-to-end run with it on stalled (the trainer waited for a full batch for > 10 min).
+        smallest = budget.min_group_size if budget.enabled else self.rollout.group_size
+        if self.curation.dynamic_sampling.enabled and smallest < 2:
             raise ValueError(
-                "curation.dynamic_sampling.enabled: not usable yet (a train run with it on stalled; issue 7 follow-up); "
-                "leave it off"
+                f"curation.dynamic_sampling.enabled needs groups of at least 2 rollouts (the smallest group here has "
+                f"{smallest}): a group of one always has equal rewards, so every group would be dropped"
             )
         limit = self.curation.turn_limit
         if limit.enabled and limit.min_turns > self.rollout.max_turns:

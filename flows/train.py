@@ -66,8 +66,12 @@ class RunState:
     dropped_released: int = 0
     background: Any = None  # the async rollout task, while it runs
     pool_injections: int = 0
-    poolable: tuple[int, frozenset] = (-1, frozenset())  # (trainer version, hard problems with pool members)
-    hard: tuple[int, frozenset] = (-1, frozenset())  # (trainer version, hard problems)
+    # Both measured from the store: cached per (trainer version, trajectory-table version), i.e.
+    # again whenever new rollouts arrived (while the trainer waits, difficulty keeps being measured).
+    poolable: tuple[tuple[int, int], frozenset] = ((-1, -1), frozenset())  # hard problems with pool members
+    hard: tuple[tuple[int, int], frozenset] = ((-1, -1), frozenset())  # hard problems
+    batch_poolable: frozenset = frozenset()  # the poolable set dynamic sampling chose the latest batch with
+    progress: Any = None  # the run's TrainProgress, for messages while the trainer waits
     pool_injections_reported: int = 0
     duration_corr: float = float("nan")  # duration vs batch membership of the last batch taken
 
@@ -79,6 +83,8 @@ def batch_candidate(state: RunState):
     config, trainer = state.config, state.trainer
     dynamic = config.curation.dynamic_sampling
     passed_over: list[int] = []
+    # Pooled successes are injected into exactly the groups this selection kept for them.
+    state.batch_poolable = frozenset(poolable_problems(state)) if dynamic.enabled else frozenset()
     batch = state.store.next_batch(
         trainer.version,
         config.rollout.max_staleness,
@@ -88,7 +94,7 @@ def batch_candidate(state: RunState):
         select=training_groups(
             config.training.batch_size, drop_equal_rewards=dynamic.enabled,
             reward_tolerance=dynamic.reward_tolerance, dropped_groups=state.dropped_groups,
-            poolable_problems=poolable_problems(state) if dynamic.enabled else None,
+            poolable_problems=state.batch_poolable,
             passed_over=passed_over,
         ),
     )
@@ -124,8 +130,50 @@ def raise_if_rollout_ended(state: RunState) -> None:
         raise RuntimeError("the rollout task ended before training finished")
 
 
+def dropped_trajectories(state: RunState) -> int:
+    """Trajectories dynamic sampling has dropped so far in this process."""
+    return sum(len(ids) for ids in state.dropped_groups.values())
+
+
+DROP_REPORT_EVERY_S = 30.0  # how often a trainer waiting on dynamic sampling says so
+
+
+class DropWatch:
+    """While the trainer waits for one batch: says how many groups dynamic sampling dropped, and
+    stops the run when it dropped `max_dropped_batches` batches' worth (the policy's rewards do not
+    vary on what it is given: waiting longer only burns compute)."""
+
+    def __init__(self, state: RunState):
+        self.state, self.since = state, dropped_trajectories(state)
+        self.groups_since, self.reported_at = len(state.dropped_groups), time.monotonic()
+
+    def check(self) -> None:
+        state = self.state
+        dynamic = state.config.curation.dynamic_sampling
+        if not dynamic.enabled:
+            return
+        dropped = dropped_trajectories(state) - self.since
+        limit = dynamic.max_dropped_batches * state.config.training.batch_size
+        if dropped >= limit:
+            raise RuntimeError(
+                f"dynamic sampling dropped {dropped} trajectories (all rewards of each group equal) while the trainer "
+                f"waited for the batch of version {state.trainer.version} "
+                f"(curation.dynamic_sampling.max_dropped_batches = {dynamic.max_dropped_batches}): the policy succeeds "
+                "on all or none of the attempts of every problem it is given; make the problems' difficulty match the "
+                "policy (e.g. the experience pool, easier problems, larger groups) or turn dynamic sampling off"
+            )
+        if time.monotonic() - self.reported_at >= DROP_REPORT_EVERY_S and dropped:
+            self.reported_at = time.monotonic()
+            message = (
+                f"dynamic sampling: {len(state.dropped_groups) - self.groups_since} groups ({dropped} trajectories) "
+                f"dropped while waiting for the batch of version {state.trainer.version}"
+            )
+            (state.progress.message if state.progress is not None else print)(message)
+
+
 async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
     """Block (without blocking the loop) until a full batch within the staleness bound is in the store."""
+    watch = DropWatch(state)
     while True:
         batch, passed_over = await asyncio.to_thread(batch_candidate, state)
         release_dropped_groups(state)
@@ -133,24 +181,24 @@ async def wait_for_batch(state: RunState, *, poll_s: float = 0.2):
             state.duration_corr = await asyncio.to_thread(duration_batch_correlation, state, batch)
             return batch
         raise_if_rollout_ended(state)
+        watch.check()
         await asyncio.sleep(poll_s)
-
-
-SYNC_ROLLOUTS_PER_BATCH = 20  # sync mode gives up after this many batches' worth of rollouts without a full batch
 
 
 async def roll_out_sync_batch(state: RunState, rollout) -> None:
     """Sync mode: roll out a batch's worth of trajectories, and more while dynamic sampling passes over
-    so many groups that the batch is not full yet."""
-    for _ in range(SYNC_ROLLOUTS_PER_BATCH):
+    so many groups that the batch is not full yet (up to `max_dropped_batches` batches' worth)."""
+    watch = DropWatch(state)
+    for _ in range(state.config.curation.dynamic_sampling.max_dropped_batches + 1):
         await rollout(state, state.config.training.batch_size)
         batch, passed_over = await asyncio.to_thread(batch_candidate, state)
         release_dropped_groups(state)
         if batch_full(state.config, batch.num_rows, passed_over):
             return
+        watch.check()
     raise RuntimeError(
-        f"sync mode: {SYNC_ROLLOUTS_PER_BATCH} batches' worth of rollouts gave no full batch: dynamic sampling "
-        "passed over their groups (all rewards equal); turn curation.dynamic_sampling off or make the task's rewards vary"
+        f"sync mode: {state.config.curation.dynamic_sampling.max_dropped_batches + 1} batches' worth of rollouts gave "
+        "no full batch"
     )
 
 
@@ -196,10 +244,10 @@ def duration_batch_correlation(state: RunState, batch) -> float:
 def hard_problems(state: RunState) -> frozenset[tuple[str, str]]:
     """(environment, problem_id) of the problems whose estimated difficulty reaches the pool's
     threshold, from this run's train rollouts so far (problems never tried are not hard yet).
-    Measured once per trainer version (it scans the run's rollouts)."""
-    version = state.trainer.version
-    if state.hard[0] != version:
-        state.hard = (version, measure_hard_problems(state))
+    Measured again only when the trainer's version or the store moved (it scans the run's rollouts)."""
+    key = (state.trainer.version, state.store.version)
+    if state.hard[0] != key:
+        state.hard = (key, measure_hard_problems(state))
     return state.hard[1]
 
 
@@ -227,14 +275,15 @@ def this_runs_training(config: RunConfig) -> str:
 
 def poolable_problems(state: RunState) -> set[tuple[str, str]]:
     """Hard problems with pool members (a success-less group of one gets a pooled success); empty
-    unless the pool is on. Computed once per trainer version (it reads the store)."""
+    unless the pool is on. Computed again when the trainer's version or the store moved (the pool
+    only grows after a step, or before RL)."""
     if not state.config.curation.experience_pool.enabled:
         return set()
-    version = state.trainer.version
-    if state.poolable[0] != version:
+    key = (state.trainer.version, state.store.version)
+    if state.poolable[0] != key:
         members = state.store.pool_members(columns=["environment", "problem_id"])
         pooled = set(zip(members["environment"].to_pylist(), members["problem_id"].to_pylist()))
-        state.poolable = (version, frozenset(hard_problems(state) & pooled))
+        state.poolable = (key, frozenset(hard_problems(state) & pooled))
     return state.poolable[1]
 
 
@@ -245,8 +294,9 @@ def inject_pooled_successes(state: RunState, batch):
 
     from dartflow.tasks.curation.pool import plan_injections
 
-    # The same hard set dynamic sampling kept success-less groups for (cached per version).
-    plan = plan_injections(batch, state.store.pool_members(), poolable_problems(state))
+    # Under dynamic sampling: the set it kept success-less groups for, so each of them gets its success.
+    dynamic = state.config.curation.dynamic_sampling.enabled
+    plan = plan_injections(batch, state.store.pool_members(), state.batch_poolable if dynamic else poolable_problems(state))
     injected = [state.store.inject_pooled(member, group_id) for group_id, member in plan]
     state.pool_injections += len(injected)
     if not injected:
@@ -558,6 +608,7 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
     config, trainer = state.config, state.trainer
     target = config.training.steps  # total RL steps of the run: a resumed run continues to the same end
     progress = TrainProgress(target, trainer.rl_steps, started=state.started)
+    state.progress = progress
     first_eval = await evaluate_task(state, trainer.version)
     progress.evaluated(trainer.version, first_eval)
     background = asyncio.create_task(rollout(state)) if mode == "async" and trainer.rl_steps < target else None

@@ -121,7 +121,8 @@ def test_curation_groups_must_fit_a_batch():
         load_config(None, ["training.batch_size=16", "curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=32"])
     with pytest.raises(ConfigError, match=r"turn_limit.min_turns \(9\) must be <= rollout.max_turns"):
         load_config(None, ["rollout.max_turns=4", "curation.turn_limit.enabled=true", "curation.turn_limit.min_turns=9"])
-    with pytest.raises(ConfigError, match="curation.dynamic_sampling.enabled: not usable yet"):
-        load_config(None, ["curation.dynamic_sampling.enabled=true"])
+    with pytest.raises(ConfigError, match="dynamic_sampling.enabled needs groups of at least 2 rollouts"):
+        load_config(None, ["rollout.group_size=1", "curation.dynamic_sampling.enabled=true"])
+    assert load_config(None, ["curation.dynamic_sampling.enabled=true"]).curation.dynamic_sampling.enabled
     config = load_config(None, ["curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=8"])
     assert config.largest_group() == 8 and load_config(None).largest_group() == load_config(None).rollout.group_size

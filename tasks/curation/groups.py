@@ -46,7 +46,8 @@ def training_groups(
     `dropped_groups` (group id -> its trajectory ids), so the caller can count and release each once
     however often it polls). `passed_over` as in `whole_groups`. A group without
     any success of a problem in `poolable_problems` (environment, problem_id) is kept: the
-    experience pool will add a success to it, which gives it an advantage."""
+    experience pool will add a success to it, which gives it an advantage. A group once dropped
+    stays dropped (its staleness-gate room was released), whatever the poolable set becomes."""
     from dartflow.tasks.curation.selection import informative_groups
 
     take = whole_groups(batch_size, passed_over)
@@ -57,6 +58,8 @@ def training_groups(
             kept_ids = set(kept["group_id"].to_pylist())
             if poolable_problems:
                 kept_ids |= _successless_groups_of(candidates, poolable_problems)
+            if dropped_groups:
+                kept_ids -= dropped_groups.keys()
             if dropped_groups is not None:
                 for group_id, trajectory_id in zip(candidates["group_id"].to_pylist(), candidates["trajectory_id"].to_pylist()):
                     if group_id not in kept_ids:

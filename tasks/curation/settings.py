@@ -94,6 +94,12 @@ class DynamicSamplingConfig(_Section):
     reward_tolerance: float = Field(
         0.0, ge=0, description="Rewards of a group within this of each other count as equal (0: exactly equal)."
     )
+    max_dropped_batches: int = Field(
+        20,
+        ge=1,
+        description="The run stops with an error when this many batches' worth of trajectories were dropped while the "
+        "trainer waited for one batch (the policy's rewards do not vary on the problems it is given).",
+    )
 
 
 class ExperiencePoolConfig(_Section):

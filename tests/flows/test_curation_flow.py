@@ -1,5 +1,5 @@
 """Curation on the real stack: the train flow with difficulty-adaptive rollout counts and turn limits,
-the experience pool, high-entropy step selection and duration weights (real engine, env workers,
+dynamic sampling, the experience pool, high-entropy step selection and duration weights (real engine, env workers,
 LanceDB, MLflow, Prefect); what it decided is read back from the stores."""
 
 import json
@@ -32,6 +32,7 @@ CURATED = {
     "curation": {
         "rollout_budget": {"enabled": True, "min_group_size": 2, "max_group_size": 6, "rollouts_per_round": 8},
         "turn_limit": {"enabled": True, "min_turns": 1, "max_turns": 4},
+        "dynamic_sampling": {"enabled": True},
         # Seeded with the warm-up's successful demonstrations; 0 of 2 attempts is already hard (p = 0.25).
         "experience_pool": {"enabled": True, "capacity_per_problem": 2},
         "step_selection": {"enabled": True, "keep_fraction": 0.5},
@@ -69,9 +70,12 @@ def test_curation_decisions_follow_measured_difficulty_and_are_read_back_from_th
     assert all(sizes[g] <= 2 for g, plan in plans.items() if plan["bucket"] in ("solved", "hopeless"))
 
     # Experience pool: a group without any successful rollout trained with one pooled success of its problem.
+    # Dynamic sampling: every trained group has rewards that differ (a pooled success counts).
     injected = 0
     for version in range(2, 2 + 4):  # after 2 BC versions, 4 RL steps
-        batch = store.replay(version, columns=["group_id", "problem_id", "source", "success", "metadata_json"]).to_pylist()
+        batch = store.replay(version, columns=["group_id", "problem_id", "source", "success", "reward", "metadata_json"]).to_pylist()
+        for group in {r["group_id"] for r in batch}:
+            assert len({r["reward"] for r in batch if r["group_id"] == group}) > 1, (version, group)
         for row in (r for r in batch if r["source"] == "pool"):
             injected += 1
             members = [r for r in batch if r["group_id"] == row["group_id"] and r["source"] == "rollout"]
@@ -94,7 +98,7 @@ def test_curation_decisions_follow_measured_difficulty_and_are_read_back_from_th
     (run,) = client.search_runs([client.get_experiment_by_name("dartflow").experiment_id])
     rounds = [m.value for m in client.get_metric_history(run.info.run_id, "curation/round")]
     assert rounds and max(rounds) >= 2
-    for name in ("curation/problems_unknown", "curation/pool_injections", "train/turns_kept_frac",
+    for name in ("curation/problems_unknown", "curation/pool_injections", "curation/groups_dropped_total", "train/turns_kept_frac",
                  "train/trajectory_weight_mean", "curation/duration_batch_corr"):
         assert client.get_metric_history(run.info.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "curation")}

@@ -49,3 +49,30 @@ def test_each_dropped_group_is_released_to_the_gate_once():
     release_dropped_groups(state)
     release_dropped_groups(state)
     assert state.service.released == [["a1", "a2"], ["b1"]]
+
+
+class FakeTrainer:
+    version = 3
+
+
+def test_a_trainer_waiting_on_dynamic_sampling_reports_drops_and_gives_up_at_the_configured_limit(monkeypatch):
+    from dartflow.flows import train
+
+    config = load_config(None, [
+        "training.batch_size=4", "curation.dynamic_sampling.enabled=true", "curation.dynamic_sampling.max_dropped_batches=2",
+    ])
+    state = RunState(config=config, run_dir=None)
+    state.trainer = FakeTrainer()
+    state.dropped_groups = {"old": ["o1", "o2"]}  # dropped before this wait: not counted against it
+    messages = []
+    state.progress = type("Progress", (), {"message": staticmethod(messages.append)})()
+    monkeypatch.setattr(train, "DROP_REPORT_EVERY_S", 0.0)
+    watch = train.DropWatch(state)
+    watch.check()
+    assert messages == []  # nothing dropped yet: nothing to say
+    state.dropped_groups |= {"a": ["a1", "a2"], "b": ["b1", "b2", "b3"]}
+    watch.check()  # 5 < 2 batches of 4
+    assert messages == ["dynamic sampling: 2 groups (5 trajectories) dropped while waiting for the batch of version 3"]
+    state.dropped_groups["c"] = ["c1", "c2", "c3"]
+    with pytest.raises(RuntimeError, match=r"dropped 8 trajectories .* version 3 .*max_dropped_batches = 2"):
+        watch.check()

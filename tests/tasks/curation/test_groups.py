@@ -54,3 +54,22 @@ def test_successless_groups_of_poolable_problems_survive_dynamic_sampling():
     select = training_groups(6, drop_equal_rewards=True, dropped_groups=dropped, poolable_problems={("e", "hard")})
     assert select(candidates) == ["a1", "a2"]  # a: no success, poolable; b, c: all succeeded, equal rewards
     assert set(dropped) == {"b", "c"}
+
+
+def test_a_dropped_group_stays_dropped_when_its_problem_becomes_poolable():
+    # Its room in the staleness gate was released when it was dropped: training it later would
+    # count it twice.
+    candidates = pa.table(
+        {
+            "trajectory_id": ["a1", "a2"],
+            "group_id": ["a", "a"],
+            "environment": ["e"] * 2,
+            "problem_id": ["p", "p"],
+            "reward": [0.0, 0.0],
+            "success": [False, False],
+        }
+    )
+    dropped: dict[str, list[str]] = {}
+    assert training_groups(4, drop_equal_rewards=True, dropped_groups=dropped)(candidates) == []
+    later = training_groups(4, drop_equal_rewards=True, dropped_groups=dropped, poolable_problems={("e", "p")})
+    assert later(candidates) == [] and dropped == {"a": ["a1", "a2"]}
