@@ -21,6 +21,21 @@ find_python() {
     return 1
 }
 
+# MiniWoB++ environments drive the system's Chromium through selenium (no browser download is
+# possible here): install Debian's when it is missing and we may (root + apt); otherwise say how.
+install_browser() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then return 0; fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Chromium and chromedriver (apt-get) for the miniwob environments"
+        { apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 ||
+          { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; } ||
+            echo "setup: warning: could not install Chromium; miniwob runs will fail at start (apt-get install -y chromium chromium-driver)" >&2
+    else
+        echo "setup: note: no Chromium found; miniwob environments need it: sudo apt-get install -y chromium chromium-driver" >&2
+    fi
+}
+[ "${DARTFLOW_SKIP_BROWSER:-0}" = "1" ] || install_browser
+
 if [ ! -x "$VENV/bin/python" ]; then
     PYTHON="$(find_python)"
     echo "setup: creating virtual environment $VENV with $PYTHON"
