@@ -12,6 +12,8 @@ also names the interval the answers so far leave open ("... the number is higher
 all of them. With `list_candidates_up_to: N` the intro and each answer also list, one per line, every
 number still possible whenever at most N are (the easiest variant: using the answers means copying
 one of the listed numbers, which a small model learns long before it learns to compare numbers).
+`quiet_answers` leaves every other number out of the answers (the guess just made, the turns left):
+a policy that copies a number from the latest answer then copies a candidate, never its last guess.
 
 Problems: one per (level, secret). Each level is a range size and a turn limit (easiest first;
 difficulty = the level's index); `high` (with an optional `max_turns`) is shorthand for one level
@@ -93,6 +95,11 @@ class GuessNumberParams(BaseModel, extra="forbid"):
         0, ge=0, le=1_000,
         description="List every number still possible, one per line, in the intro and each answer whenever at "
         "most this many are (0 = never; easiest variant).",
+    )
+    quiet_answers: bool = Field(
+        False,
+        description="Answers carry no numbers besides the candidate list: not the guess (\"Too low.\"), not the "
+        "turns left. With the list on, every number in the latest answer is then a possible secret.",
     )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
     seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
@@ -190,15 +197,19 @@ def candidate_list(episode: Episode, up_to: int) -> str:
 
 
 def play_turn(
-    episode: Episode, action_text: str, state_open_interval: bool = False, list_candidates_up_to: int = 0
+    episode: Episode, action_text: str, state_open_interval: bool = False, list_candidates_up_to: int = 0,
+    quiet_answers: bool = False,
 ) -> tuple[str, bool, Feedback | None]:
     """Apply one action to the episode (mutates it); returns (observation, valid, feedback)."""
     episode.turns_used += 1
     guess = parse_integer(action_text)
     if guess is None or not episode.low <= guess <= episode.high:
-        what = f"{excerpt(action_text)} is not a guess" if guess is None else f"{guess} is outside the range"
-        message = f"Invalid guess: {what}. Reply with one integer between {episode.low} and {episode.high}."
-        return _with_turns_left(message, episode) + candidate_list(episode, list_candidates_up_to), False, None
+        if quiet_answers:
+            message = "Invalid guess: reply with one integer in the range."
+        else:
+            what = f"{excerpt(action_text)} is not a guess" if guess is None else f"{guess} is outside the range"
+            message = f"Invalid guess: {what}. Reply with one integer between {episode.low} and {episode.high}."
+        return _answer(message, episode, quiet_answers) + candidate_list(episode, list_candidates_up_to), False, None
     feedback = judge_guess(episode.secret, guess)
     if feedback == "higher":
         episode.open_low = max(episode.open_low, guess + 1)
@@ -207,16 +218,20 @@ def play_turn(
     if feedback == "correct":
         episode.solved = True
         return f"Correct! The number is {episode.secret}. Solved in {_plural(episode.turns_used)}.", True, feedback
-    message = f"{guess} is too {'low' if feedback == 'higher' else 'high'}: the number is {feedback}."
+    if quiet_answers:
+        message = f"Too {'low' if feedback == 'higher' else 'high'}: the number is {feedback}."
+    else:
+        message = f"{guess} is too {'low' if feedback == 'higher' else 'high'}: the number is {feedback}."
     if state_open_interval:
         message = f"{message[:-1]}: between {episode.open_low} and {episode.open_high}."
-    return _with_turns_left(message, episode) + candidate_list(episode, list_candidates_up_to), True, feedback
+    return _answer(message, episode, quiet_answers) + candidate_list(episode, list_candidates_up_to), True, feedback
 
 
-def _with_turns_left(message: str, episode: Episode) -> str:
+def _answer(message: str, episode: Episode, quiet: bool = False) -> str:
+    """The answer with the turns left (not counted when quiet) or, at the end, the secret."""
     if episode.done:
         return f"{message} No guesses left: the number was {episode.secret}."
-    return f"{message} {_plural(episode.turns_left)} left."
+    return message if quiet else f"{message} {_plural(episode.turns_left)} left."
 
 
 # ---- problems ------------------------------------------------------------------------------------
@@ -326,7 +341,8 @@ class GuessNumberEnv:
         guess = parse_integer(action_text)
         consistent = guess is not None and episode.could_be(guess)  # judged before this answer narrows it
         observation, valid, feedback = play_turn(
-            episode, action_text, self.params.state_open_interval, self.params.list_candidates_up_to
+            episode, action_text, self.params.state_open_interval, self.params.list_candidates_up_to,
+            self.params.quiet_answers,
         )
         reward = step_reward(
             episode.solved, valid, self.params.turn_cost, self.params.invalid_action_penalty,

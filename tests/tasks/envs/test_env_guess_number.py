@@ -256,3 +256,13 @@ def test_list_candidates_in_the_intro_when_the_whole_range_is_short_enough():
     env = GuessNumberEnv(low=1, high=4, list_candidates_up_to=4)
     intro = env.reset(Problem("p", "guess_number", "train", 0.0, {"low": 3, "high": 6, "secret": 4, "max_turns": 3}, 3))
     assert intro.endswith("e.g. 4.\nStill possible:\n3\n4\n5\n6")
+
+
+def test_quiet_answers_name_no_number_but_the_candidates():
+    env = GuessNumberEnv(low=1, high=16, list_candidates_up_to=16, quiet_answers=True)
+    problem = Problem("p", "guess_number", "train", 0.0, {"low": 1, "high": 16, "secret": 11, "max_turns": 4}, 4)
+    env.reset(problem)
+    assert env.step("8").observation == "Too low: the number is higher.\nStill possible:\n9\n10\n11\n12\n13\n14\n15\n16"
+    assert env.step("40").observation == "Invalid guess: reply with one integer in the range.\nStill possible:\n9\n10\n11\n12\n13\n14\n15\n16"
+    assert env.step("14").observation == "Too high: the number is lower.\nStill possible:\n9\n10\n11\n12\n13"
+    assert env.step("12").observation == "Too high: the number is lower. No guesses left: the number was 11."
