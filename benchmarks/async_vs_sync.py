@@ -264,7 +264,7 @@ def read_histories(config: dict[str, Any]) -> Histories:
 
 def untrained(config: dict[str, Any], max_staleness: int, final_version: int) -> tuple[int, int]:
     """Rollout trajectories written, and those of them never trained that no later step may take."""
-    from dartflow.flows.train import TRAIN_WHERE as where  # what the train flow trains on
+    from dartflow.flows.curation import TRAIN_WHERE as where  # what the train flow trains on
     from dartflow.storage import TrajectoryStore
 
     store = TrajectoryStore(str(Path(config["work_dir"]) / "lancedb"), run_id=config["run_name"])

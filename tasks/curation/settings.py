@@ -103,7 +103,7 @@ class DynamicSamplingConfig(_Section):
 
 
 class ExperiencePoolConfig(_Section):
-    """Pooled successes joining success-less groups of hard problems (flows/train.py, tasks/curation/pool.py)."""
+    """Pooled successes joining success-less groups of hard problems (flows/curation.py, tasks/curation/pool.py)."""
 
     enabled: bool = Field(False, description="Keep successful trajectories of hard problems and inject them.")
     capacity_per_problem: int = Field(4, ge=1, le=1024, description="Most pooled successes kept per problem.")

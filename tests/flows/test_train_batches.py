@@ -5,7 +5,8 @@ release of groups that dynamic sampling passes over."""
 import pytest
 
 from dartflow.config import load_config
-from dartflow.flows.train import RunState, batch_full, release_dropped_groups
+from dartflow.flows.curation import batch_full, release_dropped_groups
+from dartflow.flows.train import RunState
 
 
 @pytest.mark.parametrize(
@@ -56,7 +57,7 @@ class FakeTrainer:
 
 
 def test_a_trainer_waiting_on_dynamic_sampling_reports_drops_and_gives_up_at_the_configured_limit(monkeypatch):
-    from dartflow.flows import train
+    from dartflow.flows import curation
 
     config = load_config(None, [
         "training.batch_size=4", "curation.dynamic_sampling.enabled=true", "curation.dynamic_sampling.max_dropped_batches=2",
@@ -66,8 +67,8 @@ def test_a_trainer_waiting_on_dynamic_sampling_reports_drops_and_gives_up_at_the
     state.dropped_groups = {"old": ["o1", "o2"]}  # dropped before this wait: not counted against it
     messages = []
     state.progress = type("Progress", (), {"message": staticmethod(messages.append)})()
-    monkeypatch.setattr(train, "DROP_REPORT_EVERY_S", 0.0)
-    watch = train.DropWatch(state)
+    monkeypatch.setattr(curation, "DROP_REPORT_EVERY_S", 0.0)
+    watch = curation.DropWatch(state)
     watch.check()
     assert messages == []  # nothing dropped yet: nothing to say
     state.dropped_groups |= {"a": ["a1", "a2"], "b": ["b1", "b2", "b3"]}
