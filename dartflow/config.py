@@ -229,6 +229,17 @@ class StorageConfig(_Section):
     )
 
 
+class PromotionConfig(_Section):
+    """After training: the new policy (alias `candidate`) against the `champion` on the same held-out episodes."""
+
+    enabled: bool = Field(False, description="Evaluate the champion too and move `champion` to the new policy if it wins.")
+    margin: float = Field(
+        0.05, ge=-1, le=1,
+        description="The new policy becomes champion when its held-out success exceeds the champion's by more than "
+        "this (a first policy, with no champion yet, always does).",
+    )
+
+
 class TrackingConfig(_Section):
     mlflow_uri: str | None = Field(
         None, description="MLflow tracking URI; default a SQLite store under <work_dir>/mlflow."
@@ -240,6 +251,12 @@ class TrackingConfig(_Section):
     model_name: str = Field(
         "dartflow-policy", pattern=r"^[\w.\-]+$", description="Registered model name in the MLflow registry."
     )
+    start_from_champion: bool = Field(
+        False,
+        description="Start from the policy registered under model_name with alias `champion` (BC warm-up skipped); "
+        "the configured model when there is none yet. `dartflow serve` turns it on.",
+    )
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
 
 class RunConfig(_Section):

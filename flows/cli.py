@@ -55,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     _add_config_args(train)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve scheduled retraining as a Prefect deployment (runs until Ctrl-C)",
+        description="Register the retrain flow as a Prefect deployment (parameters: the run config) and serve "
+        "it: each run trains from the model registered with alias 'champion' under a fresh run name, and "
+        "promotes the result to champion only if it beats the champion on held-out problems by "
+        "tracking.promotion.margin. At most one run at a time.",
+    )
+    serve.add_argument("--cron", default=None, help='schedule, e.g. "0 3 * * *" (03:00 every day); none: runs by hand')
+    serve.add_argument("--name", default=None, help="deployment name (default: the config's run_name)")
+    _add_config_args(serve)
+
+    runs = commands.add_parser(
+        "runs", help="list recent runs", description="Recent runs of the work dir: Prefect state, MLflow run, "
+        "versions, held-out success, promotion."
+    )
+    runs.add_argument("--limit", type=int, default=10, help="how many runs (default 10)")
+    _add_config_args(runs)
+
     config = commands.add_parser("config", help="show or check a run config", description="Run config tools.")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -200,6 +219,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         summary = run_train(commands.load(args), mode=args.mode, resume=args.resume)
         print(f"done: {summary}")
+        return 0
+    if args.command == "serve":
+        from dartflow.flows.serve import serve
+
+        serve(commands.load(args), cron=args.cron, name=args.name)
+        return 0
+    if args.command == "runs":
+        from dartflow.flows.runs import format_table, recent_runs
+        from dartflow.flows.train import configure_prefect
+
+        config = commands.load(args)
+        configure_prefect(config)
+        rows = recent_runs(config, args.limit)
+        print(format_table(rows) if rows else f"no runs yet in {config.work_dir}")
         return 0
     if args.command == "quickstart":
         return commands.quickstart(commands.load(args))

@@ -83,6 +83,9 @@ class RunState:
     hard: tuple[tuple[int, int], frozenset] = ((-1, -1), frozenset())  # hard problems
     batch_poolable: frozenset = frozenset()  # the poolable set dynamic sampling chose the latest batch with
     progress: Any = None  # the run's TrainProgress, for messages while the trainer waits
+    last_evaluation: Any = None  # the latest EvaluationResult
+    champion_start: int | None = None  # registry version of the champion this run started from
+    promotion: Any = None  # the PromotionDecision, when tracking.promotion is on and the run finished
     pool_injections_reported: int = 0
     duration_corr: float = float("nan")  # duration vs batch membership of the last batch taken
 
@@ -136,6 +139,7 @@ async def evaluate(state: RunState) -> float:
     )
     state.intervals.append(("evaluation", started, time.time()))
     state.eval_history.append((result.policy_version, result.success_rate))
+    state.last_evaluation = result
     await asyncio.to_thread(state.tracker.log_metrics, result.metrics(), step=result.policy_version)
     return result.success_rate
 
@@ -227,7 +231,7 @@ def build_flow():
             await create_markdown_artifact(
                 markdown=state.tracker_link, key="mlflow-run", description="The MLflow run of this flow run"
             )
-            if bc_unfinished(state.trainer, run_config.training.bc_steps):
+            if state.champion_start is None and bc_unfinished(state.trainer, run_config.training.bc_steps):
                 await bc_warmup(state)
             await start_modules(state)
             summary = await train_loop(state, mode, rollout, train_step, evaluate_task)
@@ -253,6 +257,7 @@ def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
     """Stores, tracker, and a trainer: fresh from the base policy, or resumed from the latest checkpoint."""
     import json
 
+    from dartflow.flows.promotion import fetch_champion
     from dartflow.flows.stores import open_trajectory_store
     from dartflow.storage.tracking import RunTracker, run_link_markdown
     from dartflow.tasks.models.prepare import ensure_policy_model
@@ -277,11 +282,21 @@ def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
         saved = json.loads(run_file.read_text())
         state.tracker = RunTracker.resume(config.mlflow_uri, saved["mlflow_run_id"], tags=tags)
         state.trainer = Trainer.resume(checkpoint_root, config.training)
+        state.champion_start = saved.get("champion_start")
     else:
-        model_dir, _ = ensure_policy_model(config.model, config.model_dir)
+        champion = fetch_champion(config) if config.tracking.start_from_champion else None
+        if champion is not None:
+            model_dir, state.champion_start = champion
+            tags["dartflow.start_model"] = f"{config.tracking.model_name} champion v{state.champion_start}"
+            print(f"starting from the champion: {tags['dartflow.start_model']} (BC warm-up skipped)", flush=True)
+        else:
+            model_dir, _ = ensure_policy_model(config.model, config.model_dir)
+            tags["dartflow.start_model"] = f"configured model ({config.model.source})"
         state.tracker = RunTracker(config.mlflow_uri, config.tracking.experiment, config.run_name, tags=tags)
         state.tracker.log_config(config.model_dump(mode="json"))
-        run_file.write_text(json.dumps({"mlflow_run_id": state.tracker.run_id, "first_flow_run_id": flow_run_id}))
+        run_file.write_text(json.dumps({
+            "mlflow_run_id": state.tracker.run_id, "first_flow_run_id": flow_run_id, "champion_start": state.champion_start,
+        }))
         state.trainer = Trainer(model_dir, config.training, checkpoint_root)
         state.trainer.save_checkpoint(mark=True, reason="base policy")
     state.store = open_trajectory_store(config, run_id=config.run_name)
@@ -393,6 +408,10 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
             state.service.stop()
             await asyncio.gather(background, return_exceptions=True)
     last_eval = await evaluate_task(state, trainer.version)
+    if config.tracking.promotion.enabled:
+        from dartflow.flows.promotion import compare_with_champion
+
+        state.promotion = await compare_with_champion(state)
     print(f"held-out success at version {trainer.version}: {last_eval:.3f} (was {first_eval:.3f})")
     return {
         "final_version": trainer.version, "heldout_before": first_eval, "heldout_after": last_eval,
@@ -450,7 +469,15 @@ async def close_run(state: RunState) -> None:
         return
     failed = False
     try:
-        await asyncio.to_thread(finish_tracking, state)
+        registered = await asyncio.to_thread(finish_tracking, state)
+        if state.promotion is not None:
+            from prefect.artifacts import create_markdown_artifact
+
+            from dartflow.flows.promotion import promotion_markdown
+
+            await create_markdown_artifact(
+                markdown=promotion_markdown(state, registered), key="promotion", description="The promotion decision"
+            )
     except Exception as exc:  # the run's data is safe in the stores; say what failed
         failed = True
         print(f"dartflow: logging the final plots/policy failed: {exc}")
@@ -472,7 +499,8 @@ def keep_consistent_checkpoint(state: RunState) -> int | None:
     return latest
 
 
-def finish_tracking(state: RunState) -> None:
+def finish_tracking(state: RunState) -> int:
+    """Plots, the final checkpoint, the registered policy (and the promotion rule); returns its registry version."""
     from dartflow.storage.plots import reward_success_figure, staleness_histogram_figure, timeline_figure
 
     config, tracker, trainer = state.config, state.tracker, state.trainer
@@ -489,6 +517,11 @@ def finish_tracking(state: RunState) -> None:
     tracker.log_checkpoint(path, trainer.version)
     version = tracker.log_policy_and_register(path, config.tracking.model_name, alias="candidate")
     print(f"registered {config.tracking.model_name} version {version} (alias candidate) in MLflow")
+    if state.promotion is not None:
+        from dartflow.flows.promotion import apply_promotion
+
+        apply_promotion(state, version)
+    return version
 
 
 def run_train(config: RunConfig, *, mode: str = "async", resume: bool = False) -> dict:

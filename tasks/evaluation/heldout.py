@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from dartflow.tasks.rollout.sampler import GroupSpec
@@ -110,8 +110,11 @@ class RecordingSink:
         return ids
 
 
-async def evaluate_heldout(config: RunConfig, *, engine, cluster, store, prompter) -> EvaluationResult:
-    """Play the held-out episodes of `config` on the engine's current policy; write them to `store`."""
+async def evaluate_heldout(
+    config: RunConfig, *, engine, cluster, store, prompter, metadata: dict[str, Any] | None = None
+) -> EvaluationResult:
+    """Play the held-out episodes of `config` on the engine's current policy; write them to `store`
+    (`metadata` joins each episode's, e.g. to say which policy a comparison evaluated)."""
     from dartflow.tasks.rollout.episode import EpisodeSettings
     from dartflow.tasks.rollout.generation import SamplingSettings
     from dartflow.tasks.rollout.sampler import ListSampler
@@ -125,6 +128,8 @@ async def evaluate_heldout(config: RunConfig, *, engine, cluster, store, prompte
         evaluation.samples_per_problem,
         version,
     )
+    if metadata:
+        groups = [replace(group, metadata={**group.metadata, **metadata}) for group in groups]
     settings = EpisodeSettings.from_config(
         config.rollout, sampling=SamplingSettings(temperature=evaluation.temperature, top_p=1.0)
     )
