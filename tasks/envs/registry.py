@@ -4,7 +4,8 @@ A name is one of
 - a registered name: `guess_number`, `arithmetic`, or one a user registered with
   `@register_environment("my_env")`;
 - a family and a task: `reasoning_gym:<task>` (any reasoning_gym dataset), `textarena:<game>`
-  (its single-player games that run offline here);
+  (its single-player games that run offline here), `miniwob:<task>` (MiniWoB++ web tasks in a
+  headless Chromium);
 - an import path `package.module:ClassName`, so a user's environment needs no edit to dartflow.
 
 An environment class (built-in or a user's) provides
@@ -16,7 +17,7 @@ An environment class (built-in or a user's) provides
 Without `check_params`, params are checked against the signatures of `__init__` and `problem_source`.
 
 The params key `latency` is handled here for every environment (see latency.py).
-Nothing in this module imports reasoning_gym or textarena: families load on first use.
+Nothing in this module imports reasoning_gym, textarena or miniwob: families load on first use.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ _CLASSES: dict[str, type | str] = {
 _FAMILIES: dict[str, EnvironmentFamily | str] = {
     "reasoning_gym": "dartflow.tasks.envs.reasoning_gym_family:FAMILY",
     "textarena": "dartflow.tasks.envs.textarena_family:FAMILY",
+    "miniwob": "dartflow.tasks.envs.miniwob_family:FAMILY",
 }
 _BUILTIN_NAMES = frozenset(_CLASSES) | frozenset(_FAMILIES)
 

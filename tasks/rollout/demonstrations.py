@@ -13,11 +13,11 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dartflow.storage.records import TrajectoryRecord, TurnRecord
-from dartflow.tasks.envs.protocol import Problem
+from dartflow.tasks.envs.protocol import Environment, Problem
 from dartflow.tasks.envs.registry import LATENCY_KEY, make_environment, make_problem_source
 from dartflow.tasks.rollout.prompts import ChatPrompter, action_format_of
 
@@ -26,19 +26,20 @@ from dartflow.tasks.rollout.prompts import ChatPrompter, action_format_of
 DEMONSTRATION_LOGPROB = 0.0
 _RANGE = re.compile(r"between (-?\d+) and (-?\d+)")
 
-Script = Callable[[str, random.Random], str]
+# (the episode's observations so far, first to latest; rng) -> the next action
+Script = Callable[[Sequence[str], random.Random], str]
 
 
-def random_guess_script(observation: str, rng: random.Random) -> str:
+def random_guess_script(observations: Sequence[str], rng: random.Random) -> str:
     """guess_number: a uniformly random integer inside the range the first observation states."""
-    match = _RANGE.search(observation)
+    match = _RANGE.search(observations[0])
     low, high = (int(match.group(1)), int(match.group(2))) if match else (1, 100)
     return str(rng.randint(low, high))
 
 
-def arithmetic_script(observation: str, rng: random.Random) -> str:
+def arithmetic_script(observations: Sequence[str], rng: random.Random) -> str:
     """arithmetic: evaluates the integer expression shown (digits, + - * and parentheses only)."""
-    expression = re.findall(r"[\d\s+\-*()]+", observation)
+    expression = re.findall(r"[\d\s+\-*()]+", observations[0])
     candidates = [e for e in expression if any(c.isdigit() for c in e) and any(c in "+-*" for c in e)]
     if not candidates:
         return str(rng.randint(0, 9))
@@ -46,6 +47,18 @@ def arithmetic_script(observation: str, rng: random.Random) -> str:
 
 
 SCRIPTS: dict[str, Script] = {"guess_number": random_guess_script, "arithmetic": arithmetic_script}
+
+
+def script_for(environment: str) -> Script | None:
+    """The scripted policy of an environment name, or None; miniwob:<task> has one for some tasks."""
+    if environment in SCRIPTS:
+        return SCRIPTS[environment]
+    prefix, colon, task = environment.partition(":")
+    if colon and prefix == "miniwob":
+        from dartflow.tasks.envs.miniwob_demos import demonstration_script
+
+        return demonstration_script(task)
+    return None
 
 
 def scripted_episode(
@@ -57,18 +70,23 @@ def scripted_episode(
     *,
     max_turns: int,
     run_id: str | None = None,
+    environment: Environment | None = None,
 ) -> TrajectoryRecord:
-    """Play one episode with `script` in-process and record it as the rollout service would."""
-    # Scripted play is offline: the simulated latency of the run's environments would only slow it.
-    environment = make_environment(problem.environment, {k: v for k, v in params.items() if k != LATENCY_KEY})
+    """Play one episode with `script` in-process and record it as the rollout service would.
+
+    `environment`: an instance of the problem's environment to reuse (its owner closes it); None
+    makes and closes one here."""
+    owned = environment is None
+    if environment is None:
+        environment = offline_environment(problem.environment, params)
     try:
         observation = environment.reset(problem)
-        first_observation = observation
+        observations = [observation]
         conversation = prompter.start(observation, action_format_of(problem.environment, params))
         turns, success, finish = [], False, "truncated"
         limit = min(max_turns, problem.max_turns or max_turns)
         for turn in range(limit):
-            action = script(first_observation, rng)
+            action = script(observations, rng)
             response_ids = prompter.encode(action) + list(prompter.stop_token_ids[:1])
             result = environment.step(action)
             turns.append(
@@ -88,8 +106,10 @@ def scripted_episode(
             if turn + 1 < limit:
                 conversation = prompter.extend(conversation, response_ids, action, result.observation)
                 observation = result.observation
+                observations.append(observation)
     finally:
-        environment.close()
+        if owned:
+            environment.close()
     return TrajectoryRecord(
         problem_id=problem.problem_id,
         group_id=uuid.uuid4().hex,
@@ -104,6 +124,11 @@ def scripted_episode(
     )
 
 
+def offline_environment(name: str, params: dict[str, Any]) -> Environment:
+    # Scripted play is offline: the simulated latency of the run's environments would only slow it.
+    return make_environment(name, {k: v for k, v in params.items() if k != LATENCY_KEY})
+
+
 def scripted_demonstrations(
     environments: list[tuple[str, dict[str, Any]]],
     prompter: ChatPrompter,
@@ -114,14 +139,28 @@ def scripted_demonstrations(
     run_id: str | None = None,
 ) -> list[TrajectoryRecord]:
     """`count` demonstrations over the train split of those `environments` that have a script."""
-    scripted = [(name, params) for name, params in environments if name in SCRIPTS]
+    scripted = [(name, params) for name, params in environments if script_for(name) is not None]
     if not scripted:
-        raise ValueError(f"no scripted demonstrations for any of {[n for n, _ in environments]}; scripts exist for {sorted(SCRIPTS)}")
+        raise ValueError(
+            f"no scripted demonstrations for any of {[n for n, _ in environments]}; scripts exist for "
+            f"{sorted(SCRIPTS)} and some miniwob:<task> (dartflow.tasks.envs.miniwob_demos.TASK_SCRIPTS)"
+        )
     rng = random.Random(seed)
     sources = {name: make_problem_source(name, params) for name, params in scripted}
+    # One instance per environment for all its episodes: a miniwob instance starts a browser (~1 s).
+    instances: dict[str, Environment] = {}
     records = []
-    for index in range(count):
-        name, params = scripted[index % len(scripted)]
-        problem = sources[name].sample(rng, "train")
-        records.append(scripted_episode(problem, params, prompter, SCRIPTS[name], rng, max_turns=max_turns, run_id=run_id))
+    try:
+        for index in range(count):
+            name, params = scripted[index % len(scripted)]
+            problem = sources[name].sample(rng, "train")
+            if name not in instances:
+                instances[name] = offline_environment(name, params)
+            records.append(scripted_episode(
+                problem, params, prompter, script_for(name), rng, max_turns=max_turns, run_id=run_id,
+                environment=instances[name],
+            ))
+    finally:
+        for instance in instances.values():
+            instance.close()
     return records
