@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default=None, help="deployment name (default: the config's run_name)")
     _add_config_args(serve)
 
+    ui = commands.add_parser(
+        "ui",
+        help="serve the Prefect UI and the MLflow UI of the work dir until Ctrl-C",
+        description="Start the Prefect server on the Prefect home the runs used ($PREFECT_HOME, else <work_dir>/prefect) "
+        "and the MLflow server on the run's tracking store, print their URLs, and stop both on Ctrl-C/SIGTERM. "
+        "Server logs go to <work_dir>/ui/.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="interface both servers bind to (default 127.0.0.1: this machine only)")
+    ui.add_argument("--prefect-port", type=int, default=4200, help="Prefect UI port (default 4200; 0: a free port)")
+    ui.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000; 0: a free port)")
+    _add_config_args(ui)
+
     runs = commands.add_parser(
         "runs", help="list recent runs", description="Recent runs of the work dir: Prefect state, MLflow run, "
         "versions, held-out success, promotion."
@@ -225,6 +237,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         serve(commands.load(args), cron=args.cron, name=args.name)
         return 0
+    if args.command == "ui":
+        from dartflow.flows.ui import run_ui
+
+        return run_ui(commands.load(args), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
     if args.command == "runs":
         from dartflow.flows.runs import format_table, recent_runs
         from dartflow.flows.train import configure_prefect

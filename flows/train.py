@@ -159,12 +159,12 @@ def build_flow():
     from prefect.cache_policies import NONE
     from prefect.context import get_run_context
 
-    @task(name="bc-warmup", cache_policy=NONE)
+    @task(name="bc-warmup", task_run_name="bc-warmup", cache_policy=NONE)
     async def bc_warmup(state: RunState) -> int:
         """Behaviour cloning on scripted demonstrations, so the policy learns the action format."""
         return await asyncio.to_thread(run_bc_warmup, state)
 
-    @task(name="rollout", cache_policy=NONE)
+    @task(name="rollout", task_run_name="rollout", cache_policy=NONE)
     async def rollout(state: RunState, num_trajectories: int | None = None) -> dict[str, float]:
         """Episodes on the engine and environment cluster, streamed group by group into the store."""
         started = time.time()
