@@ -295,6 +295,12 @@ class RunConfig(_Section):
                 f"curation.dynamic_sampling.enabled needs groups of at least 2 rollouts (the smallest group here has "
                 f"{smallest}): a group of one always has equal rewards, so every group would be dropped"
             )
+        positions = self.model.tiny.max_position_embeddings
+        if self.model.source == "tiny" and self.rollout.engine.max_model_len > positions:
+            raise ValueError(
+                f"rollout.engine.max_model_len ({self.rollout.engine.max_model_len}) exceeds the tiny model's "
+                f"model.tiny.max_position_embeddings ({positions}): raise that, or lower max_model_len"
+            )
         limit = self.curation.turn_limit
         if limit.enabled and limit.min_turns > self.rollout.max_turns:
             raise ValueError(

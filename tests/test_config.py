@@ -126,3 +126,9 @@ def test_curation_groups_must_fit_a_batch():
     assert load_config(None, ["curation.dynamic_sampling.enabled=true"]).curation.dynamic_sampling.enabled
     config = load_config(None, ["curation.rollout_budget.enabled=true", "curation.rollout_budget.max_group_size=8"])
     assert config.largest_group() == 8 and load_config(None).largest_group() == load_config(None).rollout.group_size
+
+
+def test_the_engine_context_must_fit_the_tiny_models_positions():
+    with pytest.raises(ConfigError, match=r"max_model_len \(4096\) exceeds the tiny model's model.tiny.max_position_embeddings \(2048\)"):
+        load_config(None, ["rollout.engine.max_model_len=4096"])
+    assert load_config(None, ["rollout.engine.max_model_len=4096", "model.tiny.max_position_embeddings=4096"])
