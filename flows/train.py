@@ -117,7 +117,13 @@ async def roll_out_sync_batch(state: RunState, rollout) -> None:
     so many groups that the batch is not full yet (up to `max_dropped_batches` batches' worth)."""
     watch = DropWatch(state)
     for _ in range(state.config.curation.dynamic_sampling.max_dropped_batches + 1):
-        await rollout(state, state.config.training.batch_size)
+        # No more than the gate lets start: the groups kept from an earlier round still hold their
+        # room, and the trainer that would free it waits for this very rollout.
+        room = state.service.room(state.trainer.version)
+        wanted = state.config.training.batch_size if room is None else min(state.config.training.batch_size, room)
+        if wanted < 1:
+            raise RuntimeError(f"sync mode: the staleness gate leaves no room at trainer version {state.trainer.version}")
+        await rollout(state, wanted)
         batch, passed_over = await asyncio.to_thread(batch_candidate, state)
         release_dropped_groups(state)
         if batch_full(state.config, batch.num_rows, passed_over):

@@ -48,7 +48,14 @@ from dartflow.tasks.rollout.episode import EpisodeSettings, run_episode
 from dartflow.tasks.rollout.metrics import OccupancyClock, RolloutCounters, rollout_metrics
 from dartflow.tasks.rollout.prompts import ChatPrompter
 from dartflow.tasks.rollout.sampler import GroupSampler, GroupSpec, UniformSampler
-from dartflow.tasks.rollout.staleness import StalenessBound, gate_state, last_trainable_version, settle, too_stale
+from dartflow.tasks.rollout.staleness import (
+    StalenessBound,
+    gate_state,
+    last_trainable_version,
+    produced_capacity,
+    settle,
+    too_stale,
+)
 
 if TYPE_CHECKING:
     from dartflow.config import RunConfig
@@ -217,6 +224,14 @@ class RolloutService:
     def released(self) -> int:
         """Of `produced`, trajectories found too stale ever to be trained: they no longer count against the gate."""
         return self._released
+
+    def room(self, trainer_version: int) -> int | None:
+        """Trajectories the staleness gate lets start while the trainer is at `trainer_version` (None:
+        no gate). A `run(n)` asking for more waits for the trainer: in sync mode, where the trainer
+        waits for that run, ask for at most this."""
+        if self.bound is None:
+            return None
+        return max(produced_capacity(trainer_version, self.bound) - (self._produced - self._released), 0)
 
     def metrics(self) -> dict[str, float]:
         """`rollout/` metrics since the service first ran."""

@@ -292,3 +292,16 @@ def test_release_frees_the_gate_capacity_of_written_trajectories_the_trainer_pas
     assert service.release(["a1", "a2", "unknown"]) == 2
     assert service.released == 2 and set(service._pending) == {"b1"}
     assert service.release(["a1"]) == 0  # released once only
+
+
+def test_room_is_what_the_gate_lets_start_counting_released_trajectories(tokenizer, prompter):
+    assert make_service(tokenizer, prompter).room(0) is None  # no gate
+    service = make_service(tokenizer, prompter, trainer_version=lambda: 0, max_staleness=0, batch_size=8)
+    assert service.room(0) == 8 and service.room(2) == 24  # (v + k + 1) x batch
+    run(service.run(8))
+    assert service.room(0) == 0
+    service._pending = {i: 0 for i in service.written_ids}
+    service.release(service.written_ids[:6])  # e.g. groups dynamic sampling dropped
+    assert service.room(0) == 6
+    run(service.run(service.room(0)))  # asking for exactly the room returns (more would wait for the trainer)
+    assert service.room(0) == 0
