@@ -16,6 +16,15 @@ optimizer step, `eval/` at the evaluations); the report says what each one measu
     .venv/bin/python benchmarks/async_vs_sync.py               # ~10 min; rewrites reports/async_vs_sync.md
     .venv/bin/python benchmarks/async_vs_sync.py --latency-median 0.1 0.4   # both modes at each latency
     .venv/bin/python benchmarks/async_vs_sync.py --quick       # smoke run (~4 min); report under benchmarks/out/
+
+`--no-latency` injects no delay: for a config whose environments are slow on their own (a browser),
+measured as they are. Workers and slots then default to the config's `cluster`, e.g. MiniWoB++:
+
+    .venv/bin/python benchmarks/async_vs_sync.py --config configs/miniwob.yaml --no-latency \
+        --set curation.dynamic_sampling.enabled=false --steps 10 --bc-steps 20 \
+        --heldout-problems 2 --samples-per-problem 1 --report benchmarks/reports/miniwob_async_vs_sync.md
+
+`--set KEY=VALUE` (repeatable) changes the base config for every run, warm start included.
 """
 
 from __future__ import annotations
@@ -53,8 +62,15 @@ PROGRESS = ("[v", "held-out", "bc warm-up:", "starting the rollout", "dartflow:"
 # ---- configs (pure) ------------------------------------------------------------------------------
 
 
-def latency_spec(median: float, args: argparse.Namespace) -> dict[str, Any]:
+def latency_spec(median: float | None, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The injected delay; None (`--no-latency`): none, the environments as they are."""
+    if median is None:
+        return None
     return {"kind": "lognormal", "median": median, "sigma": args.latency_sigma, "max_seconds": args.latency_max}
+
+
+def latency_label(spec: dict[str, Any] | None) -> str:
+    return "no injected latency" if spec is None else f"latency median {spec['median']:g} s"
 
 
 def latency_mean_p99(spec: dict[str, Any]) -> tuple[float, float]:
@@ -73,18 +89,20 @@ def bc_config(base: dict[str, Any], args: argparse.Namespace, root: Path) -> dic
     return config
 
 
-def mode_config(base: dict[str, Any], args: argparse.Namespace, root: Path, mode: str, median: float,
+def mode_config(base: dict[str, Any], args: argparse.Namespace, root: Path, mode: str, median: float | None,
                 start_from: Path | None) -> dict[str, Any]:
-    """The benchmark's config for one mode: the modes differ only in run_name, work_dir and model_name."""
+    """The benchmark's config for one mode: the modes differ only in run_name, work_dir and model_name.
+    `median` None: no injected latency (the environments as the config has them)."""
     config = copy.deepcopy(base)
-    run_name = f"avs-{mode}-{median:g}s"
+    run_name = f"avs-{mode}-{median:g}s" if median is not None else f"avs-{mode}"
     config.update(run_name=run_name, work_dir=str(root / run_name))
     if start_from is not None:
         config["model"] = {**config.get("model", {}), "source": "path", "path": str(start_from)}
-    config["environments"] = [
-        {**spec, "params": {**spec.get("params", {}), "latency": latency_spec(median, args)}}
-        for spec in config["environments"]
-    ]
+    if median is not None:
+        config["environments"] = [
+            {**spec, "params": {**spec.get("params", {}), "latency": latency_spec(median, args)}}
+            for spec in config["environments"]
+        ]
     config["cluster"] = {**config.get("cluster", {}), "num_workers": args.workers, "slots_per_worker": args.slots}
     if args.max_staleness is not None:  # async only: sync mode trains at staleness 0 whatever the config says
         config["rollout"] = {**config.get("rollout", {}), "max_staleness": args.max_staleness}
@@ -94,6 +112,21 @@ def mode_config(base: dict[str, Any], args: argparse.Namespace, root: Path, mode
     if args.heldout_problems is not None:
         config["evaluation"]["heldout_problems"] = args.heldout_problems
     config["tracking"] = {**config.get("tracking", {}), "experiment": "async-vs-sync", "model_name": f"{run_name}-policy"}
+    return config
+
+
+def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set a.b.c=VALUE` on a copy of the config; VALUE is read as YAML (`false`, `12`, `{x: 1}`)."""
+    config = copy.deepcopy(base)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {override!r}: expected KEY=VALUE, e.g. curation.dynamic_sampling.enabled=false")
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     return config
 
 
@@ -207,7 +240,7 @@ def success_noise(p1: float, p2: float, n: int) -> float:
 class Setting:
     """Both modes at one latency."""
 
-    latency: dict[str, Any]
+    latency: dict[str, Any] | None  # None: no injected latency
     results: dict[str, ModeResult]
 
     @property
@@ -288,14 +321,14 @@ def warm_start(base: dict[str, Any], args: argparse.Namespace, root: Path) -> tu
 
 
 def measure(args: argparse.Namespace, root: Path) -> tuple[list[Setting], float, dict[str, Any]]:
-    base = yaml.safe_load(args.config.read_text())
+    base = apply_overrides(yaml.safe_load(args.config.read_text()), args.set)
     start_from, bc_s = warm_start(base, args, root)
     settings = []
     for median in args.latency_median:
         results = {}
         for mode in MODES:
             config = mode_config(base, args, root, mode, median, start_from)
-            print(f"{mode}, latency median {median:g} s: {args.steps} steps", flush=True)
+            print(f"{mode}, {latency_label(latency_spec(median, args))}: {args.steps} steps", flush=True)
             log = args.out / f"async_vs_sync-{config['run_name']}.log"
             seconds, load = run_dartflow(config, mode, root, log, args.run_timeout)
             result = summarize(mode, read_histories(config))
@@ -312,7 +345,7 @@ def print_setting(setting: Setting, target: float) -> None:
         print(f"{r.mode:>5}: {r.trajectories} trained trajectories in {r.loop_s:.1f} s = {r.trained_per_s:.2f}/s "
               f"(steps 2..N {r.steady_per_s:.2f}/s) | env utilization {r.env_utilization:.2f} | "
               f"held-out success {r.heldout_before:.3f} -> {r.heldout_after:.3f}", flush=True)
-    print(f"latency median {setting.latency['median']:g} s: async / sync = {setting.ratio:.2f}x trained "
+    print(f"{latency_label(setting.latency)}: async / sync = {setting.ratio:.2f}x trained "
           f"trajectories/s (steps 2..N {setting.steady_ratio:.2f}x; target {target:g}x)", flush=True)
 
 
@@ -355,8 +388,12 @@ def summary_table(settings: list[Setting]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for setting in settings:
         a, s = setting.results["async"], setting.results["sync"]
-        mean, p99 = latency_mean_p99(setting.latency)
-        lines.append(f"| {setting.latency['median']:g} s ({mean:.2f} s, {p99:.2f} s) | {a.trained_per_s:.2f} "
+        if setting.latency is None:
+            latency = "none injected"
+        else:
+            mean, p99 = latency_mean_p99(setting.latency)
+            latency = f"{setting.latency['median']:g} s ({mean:.2f} s, {p99:.2f} s)"
+        lines.append(f"| {latency} | {a.trained_per_s:.2f} "
                      f"| {s.trained_per_s:.2f} | **{setting.ratio:.2f}x** | {setting.steady_ratio:.2f}x "
                      f"| {a.env_utilization:.2f} / {s.env_utilization:.2f} "
                      f"| {a.heldout_after:.3f} / {s.heldout_after:.3f} |")
@@ -410,10 +447,13 @@ def findings(setting: Setting, target: float, rollout: dict[str, Any]) -> list[s
 def setup_lines(args: argparse.Namespace, config: dict[str, Any], bc_s: float) -> list[str]:
     rollout, training, evaluation = config["rollout"], config["training"], config["evaluation"]
     shown = args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
+    if args.no_latency:
+        return no_latency_setup_lines(args, config, bc_s, shown)
     medians = ", ".join(f"{m:g}" for m in args.latency_median)
     return [
         f"- config: `{shown}` (tiny Llama, `guess_number` 1-16 and `arithmetic`), the same for both modes except "
         "`run_name` and `work_dir`, with these changes:",
+        *[f"  - `{override}` (`--set`)" for override in args.set],
         f"  - `params.latency: {{kind: lognormal, median: {medians}, sigma: {args.latency_sigma:g}, max_seconds: "
         f"{args.latency_max:g}}}` on every environment: each reset and step sleeps a heavy-tailed delay "
         "(mean and 99th percentile in the table below)",
@@ -441,12 +481,45 @@ def setup_lines(args: argparse.Namespace, config: dict[str, Any], bc_s: float) -
     ]
 
 
+def no_latency_setup_lines(args: argparse.Namespace, config: dict[str, Any], bc_s: float, shown: Path) -> list[str]:
+    """`--no-latency`: the config's environments as they are (e.g. MiniWoB++ in real browsers)."""
+    rollout, training, evaluation = config["rollout"], config["training"], config["evaluation"]
+    names = ", ".join(f"`{spec['name']}`" for spec in config["environments"])
+    cluster = config["cluster"]
+    return [
+        f"- config: `{shown}` ({names}), the same for both modes except `run_name` and `work_dir`, with "
+        "these changes:",
+        "  - no injected latency: the environments are as slow as they are (resets and steps in a real "
+        "browser here)",
+        *[f"  - `{override}` (`--set`)" for override in args.set],
+        f"  - `cluster: {{num_workers: {cluster['num_workers']}, slots_per_worker: {cluster['slots_per_worker']}}}`",
+        f"  - `training.steps: {args.steps}` of batch {training['batch_size']} (groups of {rollout['group_size']}); "
+        f"`rollout.max_staleness: {rollout['max_staleness']}` (sync mode: 0), "
+        f"`rollout.concurrent_episodes: {rollout['concurrent_episodes']}`",
+        f"  - `evaluation: {{every_versions: 0, samples_per_problem: {evaluation['samples_per_problem']}, "
+        f"heldout_problems: {evaluation.get('heldout_problems')}}}`: held-out evaluation only at the start and "
+        "the end, outside the measured loop",
+        f"  - `training.bc_steps: 0`: both modes start from one checkpoint made beforehand by a third run, the "
+        f"config's BC warm-up alone ({args.bc_steps} steps, `training.steps: 0`, {bc_s:.0f} s)",
+        "- each mode: `dartflow train CONFIG --mode async|sync` in its own process with its own work dir, async first",
+        "- **trained trajectories/s** = the sum of `train/batch_trajectories` over the applied steps / the RL loop's "
+        "seconds: from the MLflow timestamp of the first `eval/heldout_success` (the loop starts right after it) "
+        "to that of the last step's metrics.",
+        "- steps 2..N: the same from the first step's metrics to the last's, on the cluster's clock (`env/wall_s`). "
+        "**Environment utilization** = the workers' time inside resets and steps / (window x workers), from the "
+        "cumulative `env/utilization` and `env/wall_s`: how much of the time the environment workers (and their "
+        "browsers) had work.",
+    ]
+
+
 def report(args: argparse.Namespace, settings: list[Setting], bc_s: float, config: dict[str, Any]) -> str:
     sys.path.insert(0, str(HERE))
     from envs import machine
 
     lines = [
-        "# Asynchronous vs synchronous RL: trained trajectories/s with heavy-tailed environment latency",
+        "# Asynchronous vs synchronous RL: trained trajectories/s "
+        + ("and environment utilization, environments as they are" if args.no_latency
+           else "with heavy-tailed environment latency"),
         "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:",
         "",
@@ -472,7 +545,8 @@ def report(args: argparse.Namespace, settings: list[Setting], bc_s: float, confi
         f"setting(s); best {max(s.ratio for s in settings):.2f}x.",
     ]
     for setting in settings:
-        lines += ["", f"### Latency median {setting.latency['median']:g} s", "", *results_table(setting.results), "",
+        heading = "Results per mode" if setting.latency is None else f"Latency median {setting.latency['median']:g} s"
+        lines += ["", f"### {heading}", "", *results_table(setting.results), "",
                   *findings(setting, args.target, config["rollout"])]
     return "\n".join(lines) + "\n"
 
@@ -489,11 +563,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="BC steps of the shared warm start (default: the config's; quick 10; 0 = none)")
     parser.add_argument("--latency-median", type=float, nargs="+", default=[0.1],
                         help="seconds per reset and step; several values: both modes at each (~5 min more each)")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="inject no delay: the config's environments as they are (e.g. a real browser)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the base config for every run (repeatable), e.g. training.batch_size=8")
     parser.add_argument("--latency-sigma", type=float, default=1.5, help="of the delay's logarithm (the tail)")
     parser.add_argument("--latency-max", type=float, default=10.0, help="delays are cut to this (s)")
     parser.add_argument("--max-staleness", type=int, default=None, help="async's bound (default: the config's)")
-    parser.add_argument("--workers", type=int, default=16, help="environment worker processes")
-    parser.add_argument("--slots", type=int, default=2, help="episodes per worker")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="environment worker processes (default 16; --no-latency: the config's)")
+    parser.add_argument("--slots", type=int, default=None,
+                        help="episodes per worker (default 2; --no-latency: the config's)")
     parser.add_argument("--heldout-problems", type=int, default=None, help="per environment (default: the config's)")
     parser.add_argument("--samples-per-problem", type=int, default=4, help="held-out episodes per problem")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is stopped")
@@ -503,10 +583,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=None, help="default reports/async_vs_sync.md; quick: in --out")
     args = parser.parse_args(argv)
     args.config = args.config.resolve()
+    base = apply_overrides(yaml.safe_load(args.config.read_text()), args.set)
+    cluster = base.get("cluster", {}) if args.no_latency else {}
+    if args.workers is None:
+        args.workers = cluster.get("num_workers", 2) if args.no_latency else 16
+    if args.slots is None:
+        args.slots = cluster.get("slots_per_worker", 8) if args.no_latency else 2
+    if args.no_latency:
+        args.latency_median = [None]
     if args.steps is None:
         args.steps = 4 if args.quick else 30
     if args.bc_steps is None:
-        args.bc_steps = 10 if args.quick else yaml.safe_load(args.config.read_text())["training"].get("bc_steps", 0)
+        args.bc_steps = 10 if args.quick else base["training"].get("bc_steps", 0)
     if args.quick and args.heldout_problems is None:
         args.heldout_problems, args.samples_per_problem = 8, 1
     if args.report is None:
