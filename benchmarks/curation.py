@@ -39,6 +39,7 @@ CURATION_ON = {
     "rollout_budget": {"enabled": True, "min_group_size": 2, "max_group_size": 8, "rollouts_per_round": 32},
     "turn_limit": {"enabled": True, "min_turns": 2},
     "experience_pool": {"enabled": True, "capacity_per_problem": 4},
+    "dynamic_sampling": {"enabled": True},
 }
 MODES = ("off", "on")
 
