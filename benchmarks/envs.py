@@ -267,15 +267,22 @@ def machine() -> dict[str, str]:
     }
 
 
-def report(args: argparse.Namespace, results: list[tuple[Measurement, Measurement]]) -> str:
-    lines = [
-        "# Environment cluster: steps/s of the worker pool vs in-process",
-        "",
+def generated_by() -> list[str]:
+    """The report lines saying when and with which command it was measured."""
+    return [
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:",
         "",
         "```",
         "cd <repo> && " + shlex.join([".venv/bin/python", "benchmarks/envs.py", *sys.argv[1:]]),
         "```",
+    ]
+
+
+def report(args: argparse.Namespace, results: list[tuple[Measurement, Measurement]]) -> str:
+    lines = [
+        "# Environment cluster: steps/s of the worker pool vs in-process",
+        "",
+        *generated_by(),
         "",
         "## Machine",
         "",
@@ -340,11 +347,7 @@ def miniwob_report(args: argparse.Namespace, results: list[tuple[Measurement, Me
     lines = [
         "## MiniWoB++ in headless Chromium: steps/s of the pool vs in-process",
         "",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:",
-        "",
-        "```",
-        "cd <repo> && " + shlex.join([".venv/bin/python", "benchmarks/envs.py", *sys.argv[1:]]),
-        "```",
+        *generated_by(),
         "",
         *[f"- {key}: {value}" for key, value in machine().items()],
         f"- browser: {chromium_version()}; miniwob {metadata.version('miniwob')}, "
