@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from dartflow.tasks.models.limits import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, VLLM_CPU_HEAD_SIZES
+from dartflow.tasks.rollout.system_prompt import DEFAULT_SYSTEM_PROMPT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dartflow.tasks.curation.settings import CurationConfig
@@ -144,6 +145,11 @@ class RolloutConfig(_Section):
         "finish", description="Episodes in flight during a weight swap: finish them, or interrupt and requeue."
     )
     concurrent_episodes: int = Field(16, ge=1, le=10000, description="Episodes in flight at once.")
+    system_prompt: str | None = Field(
+        DEFAULT_SYSTEM_PROMPT, min_length=1,
+        description="The system message of every episode; {action_format} stands for the environment's action "
+        "format. null: no system message (the episode starts with the environment's first observation).",
+    )
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
 
@@ -194,6 +200,11 @@ class TrainingConfig(_Section):
         "first turns only, leaving what the policy does with later observations to RL.",
     )
     bc_lr: float | None = Field(None, gt=0, le=1, description="Learning rate of BC steps (null: lr).")
+    bc_loss: Literal["replies", "transcript"] = Field(
+        "replies",
+        description="What BC steps learn to predict: the agent's replies only, or the whole transcript, the "
+        "environment's observations included (the policy also learns what the environment answers).",
+    )
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> "TrainingConfig":

@@ -324,10 +324,10 @@ def run_bc_warmup(state: RunState) -> int:
     import random
 
     from dartflow.tasks.rollout.demonstrations import scripted_demonstrations
-    from dartflow.tasks.rollout.prompts import ChatPrompter
+    from dartflow.tasks.rollout.prompts import ChatPrompter, system_prompt_from
 
     config, trainer = state.config, state.trainer
-    prompter = ChatPrompter(trainer.tokenizer)
+    prompter = ChatPrompter(trainer.tokenizer, system_prompt=system_prompt_from(config.rollout.system_prompt))
     environments = [(spec.name, spec.params) for spec in config.environments]
     run_demonstrations = f"run_id = '{config.run_name}' AND source = 'demonstration'"
     demonstrations = state.store.as_of(state.store.version, where=run_demonstrations)

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from dartflow.tasks.rollout.system_prompt import DEFAULT_SYSTEM_PROMPT, system_prompt_from  # noqa: F401 (re-exported)
+
 Message = dict[str, str]
 # End-of-turn markers of common chat templates, used as stop tokens when the vocabulary has them.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
@@ -33,11 +35,7 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 def default_system_prompt(action_format: str) -> str:
     """The system message of every episode: one action per reply, in the environment's format."""
-    return (
-        "You are an agent solving a task over one or more turns. Each of your replies is one action; "
-        "the environment answers it. Write only the action.\n"
-        f"Action format: {action_format}"
-    )
+    return DEFAULT_SYSTEM_PROMPT.replace("{action_format}", action_format)
 
 
 @lru_cache(maxsize=256)

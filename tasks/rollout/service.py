@@ -46,7 +46,7 @@ from dartflow.storage.records import TrajectoryRecord
 from dartflow.tasks.envs.problems import stable_seed
 from dartflow.tasks.rollout.episode import EpisodeSettings, run_episode
 from dartflow.tasks.rollout.metrics import OccupancyClock, RolloutCounters, rollout_metrics
-from dartflow.tasks.rollout.prompts import ChatPrompter
+from dartflow.tasks.rollout.prompts import ChatPrompter, system_prompt_from
 from dartflow.tasks.rollout.sampler import GroupSampler, GroupSpec, UniformSampler
 from dartflow.tasks.rollout.staleness import (
     StalenessBound,
@@ -176,6 +176,10 @@ class RolloutService:
             batch_size=config.training.batch_size,
             run_id=config.run_name,
         )
+        if "prompter" not in overrides:
+            settings["prompter"] = ChatPrompter.from_model_dir(
+                engine.model_dir, system_prompt=system_prompt_from(rollout.system_prompt)
+            )
         return cls(
             engine=engine,
             cluster=cluster,

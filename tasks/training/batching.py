@@ -201,6 +201,17 @@ def build_micro_batches(
 # "trajectory_mean": each trajectory weighs 1 in total, spread over its tokens, so a group's
 #   advantages sum to zero in the loss as they do per trajectory.
 LOSS_AGGREGATIONS = ("token_mean", "trajectory_mean")
+# What a behaviour-cloning step predicts: the agent's replies, or the whole transcript (whole_transcript).
+BC_LOSSES = ("replies", "transcript")
+
+
+def whole_transcript(micro_batch: MicroBatch) -> MicroBatch:
+    """`micro_batch` with every token of each sequence in the loss, weight 1 each: the prompts and the
+    environment's observations as well as the agent's replies (all but the first token, which has no
+    prefix). For a behaviour-cloning warm-up that also models the environment (training.bc_loss)."""
+    columns = torch.arange(micro_batch.input_ids.shape[1])  # (T,)
+    in_sequence = (columns[None, :] >= 1) & (columns[None, :] < micro_batch.lengths[:, None])  # (B, T)
+    return replace(micro_batch, loss_mask=in_sequence, token_weights=in_sequence.to(torch.float32))
 
 
 def token_weights_per_row(agent_tokens: np.ndarray, aggregation: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dartflow.tasks.training.advantages import ADVANTAGE_ESTIMATORS, CREDIT_MODES
-from dartflow.tasks.training.batching import LOSS_AGGREGATIONS
+from dartflow.tasks.training.batching import BC_LOSSES, LOSS_AGGREGATIONS
 from dartflow.tasks.training.schedule import LR_SCHEDULES
 
 PROXIMAL_MODES = ("reuse", "recompute")
@@ -46,6 +46,7 @@ class TrainerSettings:
     # more forward over the batch), for checking, or for a step that updates more than once.
     proximal_logprobs: str = "reuse"
     bc_lr: float | None = None  # constant LR of behaviour-cloning steps; None: lr
+    bc_loss: str = "replies"  # see batching.BC_LOSSES
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
 
@@ -56,6 +57,7 @@ class TrainerSettings:
             "loss_aggregation": (self.loss_aggregation, LOSS_AGGREGATIONS),
             "lr_schedule": (self.lr_schedule, LR_SCHEDULES),
             "proximal_logprobs": (self.proximal_logprobs, PROXIMAL_MODES),
+            "bc_loss": (self.bc_loss, BC_LOSSES),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:

@@ -30,7 +30,9 @@ from transformers import AutoTokenizer
 
 from dartflow.tasks.training import checkpoints
 from dartflow.tasks.training.advantages import group_index, turn_advantages, zero_signal_group_fraction
-from dartflow.tasks.training.batching import MicroBatch, build_micro_batches, check_trajectory_weights, rollout_staleness
+from dartflow.tasks.training.batching import (
+    MicroBatch, build_micro_batches, check_trajectory_weights, rollout_staleness, whole_transcript,
+)
 from dartflow.tasks.training.bc import behaviour_cloning_step
 from dartflow.tasks.training.logprobs import head_matches_forward
 from dartflow.tasks.training.schedule import learning_rate
@@ -244,6 +246,8 @@ class Trainer:
         """One behaviour-cloning step (NLL of the agent tokens) on demonstration rows."""
         started = time.perf_counter()
         micro_batches = self._micro_batches(batch, torch.zeros(batch.num_rows), "token_mean")
+        if self.settings.bc_loss == "transcript":
+            micro_batches = [whole_transcript(mb) for mb in micro_batches]
         lr = self.settings.bc_lr if self.settings.bc_lr is not None else self.settings.lr
         outcome = behaviour_cloning_step(
             self.policy, self.optimizer, micro_batches,

@@ -13,7 +13,9 @@ from dartflow.storage import records_to_table, validate_trajectories
 from dartflow.tasks.envs.registry import make_problem_source
 from dartflow.tasks.rollout.episode import EpisodeSettings, run_episode, turn_limit
 from dartflow.tasks.rollout.generation import SamplingSettings
-from dartflow.tasks.rollout.prompts import ChatPrompter, action_format_of, default_system_prompt, template_between
+from dartflow.tasks.rollout.prompts import (
+    ChatPrompter, action_format_of, default_system_prompt, system_prompt_from, template_between,
+)
 
 GUESS_PARAMS = {"high": 16}  # one level over [1, 16], 6 turns
 SETTINGS = EpisodeSettings(max_turns=8, max_new_tokens=16, sampling=SamplingSettings(temperature=1.0))
@@ -100,6 +102,17 @@ def test_first_prompt_is_the_chat_template_with_the_action_format_as_system_mess
     )
     assert tokenizer.decode(list(conversation.prompt_ids)) == expected
     assert prompter.stop_token_ids == (tokenizer.eos_token_id,)
+
+
+def test_a_configured_system_prompt_fills_in_the_action_format_and_none_leaves_the_system_message_out(tokenizer):
+    custom = ChatPrompter(tokenizer, system_prompt=system_prompt_from("Play {a} game. {action_format} {x}"))
+    assert custom.start("Guess.", "One integer.").messages[0] == {
+        "role": "system", "content": "Play {a} game. One integer. {x}",  # other braces are text
+    }
+    bare = ChatPrompter(tokenizer, system_prompt=system_prompt_from(None)).start("Guess.", "One integer.")
+    assert bare.messages == ({"role": "user", "content": "Guess."},)
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": "Guess."}], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(list(bare.prompt_ids)) == expected
 
 
 def test_next_prompt_extends_prompt_and_sampled_response_token_exactly(prompter, tokenizer):

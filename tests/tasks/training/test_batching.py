@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dartflow.tasks.models.agreement import policy_token_logprobs
-from dartflow.tasks.training.batching import build_micro_batches, staleness, trajectory_sequences
+from dartflow.tasks.training.batching import build_micro_batches, staleness, trajectory_sequences, whole_transcript
 from dartflow.tasks.training.checkpoints import load_policy
 from dartflow.tasks.training.logprobs import agent_token_logprobs, head_matches_forward
 
@@ -44,6 +44,18 @@ def test_every_agent_token_of_every_turn_gets_its_trajectorys_advantage():
     assert micro_batch.input_ids.tolist() == [[1, 2, 3, 4, 9, 5], [1, 2, 7, 0, 0, 0]]
     assert micro_batch.advantages.tolist() == [[0, 0, 0.5, 0.5, 0, 0.5], [0, 0, -0.5, 0, 0, 0]]
     assert micro_batch.num_loss_tokens == 4 and micro_batch.num_input_tokens == 9
+
+
+def test_whole_transcript_puts_every_token_but_the_first_of_each_sequence_in_the_loss_padding_excluded():
+    records = [
+        trajectory([turn([1, 2], [3, 4]), turn([1, 2, 3, 4, 9], [5])], group="a"),
+        trajectory([turn([1, 2], [7])], group="a"),
+    ]
+    (micro_batch,) = build_micro_batches(table(records), torch.zeros(2), micro_batch_size=2, pad_token_id=0)
+    whole = whole_transcript(micro_batch)
+    assert whole.loss_mask.tolist() == [[False, True, True, True, True, True], [False, True, True, False, False, False]]
+    assert whole.token_weights.tolist() == [[0, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]]
+    assert whole.num_loss_tokens == 7 and torch.equal(whole.input_ids, micro_batch.input_ids)
 
 
 def test_per_turn_advantages_reach_each_turns_own_tokens_also_across_a_sequence_split():
