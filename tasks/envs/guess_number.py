@@ -25,7 +25,9 @@ range [low + shift, low + shift + size - 1] for shift in 0..S-1 (the prompt name
 (shift, secret) pairs are what is shuffled and split. Train and held-out then share secret values
 and ranges but never a pair, so guessing the secrets seen in training (which a policy learns first
 when every problem shows it the same prompt) earns nothing on held-out problems: only a strategy
-that reads the range and the answers does.
+that reads the range and the answers does. `heldout_by: shift` holds out whole ranges instead (every
+secret of a share of the shifts): what a policy learns about the train ranges' secrets then cannot
+count on held-out problems at all, while the secret values still recur.
 Ids: `guess_number/<split>/<index>` (with `@<fingerprint>` after the name under non-default params).
 """
 
@@ -102,10 +104,18 @@ class GuessNumberParams(BaseModel, extra="forbid"):
         "turns left. With the list on, every number in the latest answer is then a possible secret.",
     )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each level's secrets held out.")
+    heldout_by: Literal["pair", "shift"] = Field(
+        "pair",
+        description="With range_shifts: hold out (shift, secret) pairs (pair), or whole shifts, every secret of "
+        "heldout_fraction of the range positions (shift: held-out ranges are never trained on, so what a policy "
+        "learns about the train ranges' secrets cannot count on held-out problems).",
+    )
     seed: int = Field(0, ge=0, description="Seed of the secret shuffles (which secrets are held out).")
 
     @model_validator(mode="after")
     def _high_is_one_level(self) -> "GuessNumberParams":
+        if self.heldout_by == "shift" and self.range_shifts < 2:
+            raise ValueError("heldout_by: shift holds out range positions: it needs range_shifts >= 2")
         if self.high is None:
             if self.max_turns is not None:
                 raise ValueError("max_turns goes with high (one level over [low, high]); levels set their own")
@@ -123,6 +133,7 @@ class GuessNumberParams(BaseModel, extra="forbid"):
         """The params that change which problems exist (reward shaping does not; `high` is in levels).
         `range_shifts` only when set, so the ids of existing problem sets stay as they were."""
         include = {"levels", "low", "heldout_fraction", "seed"} | ({"range_shifts"} if self.range_shifts > 1 else set())
+        include |= {"heldout_by"} if self.heldout_by != "pair" else set()
         return self.model_dump(include=include)
 
 
@@ -246,8 +257,21 @@ def _shuffled_offsets(seed: int, low: int, range_size: int) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=64)
-def _shuffled_pairs(seed: int, low: int, range_size: int, range_shifts: int) -> tuple[tuple[int, int], ...]:
-    """(shift, secret offset) of every problem of a level, shuffled; one shift keeps _shuffled_offsets."""
+def _shuffled_pairs(
+    seed: int, low: int, range_size: int, range_shifts: int, by_shift: bool = False
+) -> tuple[tuple[int, int], ...]:
+    """(shift, secret offset) of every problem of a level, shuffled; one shift keeps _shuffled_offsets.
+    `by_shift`: the shifts are shuffled and each one's pairs kept together (held out together)."""
+    if by_shift:
+        rng = random.Random(stable_seed(NAME, seed, low, range_size, range_shifts, "by_shift"))
+        shifts = list(range(range_shifts))
+        rng.shuffle(shifts)
+        pairs = []
+        for shift in shifts:
+            offsets = list(range(range_size))
+            rng.shuffle(offsets)
+            pairs += [(shift, offset) for offset in offsets]
+        return tuple(pairs)
     if range_shifts == 1:
         return tuple((0, offset) for offset in _shuffled_offsets(seed, low, range_size))
     pairs = [(shift, offset) for shift in range(range_shifts) for offset in range(range_size)]
@@ -260,10 +284,14 @@ class GuessNumberProblems(IndexedProblemSource):
         self.params = params
         self.prefix = problem_id_prefix(NAME, params.problem_defining(), GuessNumberParams().problem_defining())
         # At least one problem of each level in each split, whatever the fraction.
-        self._heldout_counts = [
-            min(self._level_size(level) - 1, max(1, round(self._level_size(level) * params.heldout_fraction)))
-            for level in params.levels
-        ]
+        if params.heldout_by == "shift":  # whole shifts: at least one held out, at least one trained
+            shifts = min(params.range_shifts - 1, max(1, round(params.range_shifts * params.heldout_fraction)))
+            self._heldout_counts = [shifts * level.range_size for level in params.levels]
+        else:
+            self._heldout_counts = [
+                min(self._level_size(level) - 1, max(1, round(self._level_size(level) * params.heldout_fraction)))
+                for level in params.levels
+            ]
         self._starts: dict[str, list[int]] = {}  # split -> first index of each level
         sizes = {}
         for split in ("train", "heldout"):
@@ -285,7 +313,9 @@ class GuessNumberProblems(IndexedProblemSource):
         spec = self.params.levels[level]
         if split == "train":
             position += self._heldout_counts[level]
-        shift, offset = _shuffled_pairs(self.params.seed, self.params.low, spec.range_size, self.params.range_shifts)[position]
+        shift, offset = _shuffled_pairs(
+            self.params.seed, self.params.low, spec.range_size, self.params.range_shifts, self.params.heldout_by == "shift"
+        )[position]
         low = self.params.low + shift
         return Problem(
             problem_id=f"{self.prefix}/{split}/{index}",

@@ -223,6 +223,20 @@ def test_range_shifts_move_each_problems_range_and_split_range_secret_pairs():
     assert source.problem("train", 0).problem_id.startswith("guess_number@")
 
 
+def test_heldout_by_shift_holds_out_whole_ranges_with_all_their_secrets():
+    params = {"low": 1, "high": 8, "range_shifts": 5, "heldout_fraction": 0.25, "heldout_by": "shift"}
+    source = make_problem_source("guess_number", params)
+    assert (source.size("train"), source.size("heldout")) == (32, 8)  # round(5 x 0.25) = 1 range of 8 secrets
+    lows = {split: [source.problem(split, i).params["low"] for i in range(source.size(split))] for split in ("train", "heldout")}
+    assert len(set(lows["heldout"])) == 1 and not set(lows["heldout"]) & set(lows["train"])
+    assert sorted(source.problem("heldout", i).params["secret"] - lows["heldout"][0] for i in range(8)) == list(range(8))
+    assert len(set(lows["train"])) == 4 and all(lows["train"].count(low) == 8 for low in set(lows["train"]))
+    pair_ids = {make_problem_source("guess_number", {**params, "heldout_by": "pair"}).problem("train", 0).problem_id}
+    assert source.problem("train", 0).problem_id not in pair_ids  # another problem set, another id prefix
+    with pytest.raises(EnvironmentConfigError, match="range_shifts >= 2"):
+        make_problem_source("guess_number", {"low": 1, "high": 8, "heldout_by": "shift"})
+
+
 def test_one_range_shift_keeps_the_problem_ids_and_secrets_of_before():
     plain = make_problem_source("guess_number", {"low": 1, "high": 16})
     same = make_problem_source("guess_number", {"low": 1, "high": 16, "range_shifts": 1})
