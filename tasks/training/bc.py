@@ -9,9 +9,9 @@ What the loss covers (`training.bc_loss`, batching.BC_LOSSES):
 - "transcript": every token of the episode, the environment's observations included. The policy
   then also learns to predict what the environment answers (in guess_number: which interval an
   answer leaves open, where the range lies). Random-guess demonstrations teach nothing about using
-  the answers, but predicting them builds the features RL later needs to read them: measured on
-  the quickstart task, a tiny policy warmed up this way learns consistent guessing from RL where one
-  warmed up on replies only does not (README, "Learning").
+  the answers, but predicting them builds the features RL later needs to read them: on the
+  quickstart, held-out success rises 0.30 -> 0.48 in 300 RL steps after such a warm-up and
+  0.26 -> 0.29 after a replies-only one (README, "Learning").
 """
 
 from __future__ import annotations
