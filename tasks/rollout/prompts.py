@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from dartflow.tasks.rollout.system_prompt import DEFAULT_SYSTEM_PROMPT, system_prompt_from  # noqa: F401 (re-exported)
+from dartflow.tasks.rollout.system_prompt import DEFAULT_SYSTEM_PROMPT, system_prompt_from
 
 Message = dict[str, str]
 # End-of-turn markers of common chat templates, used as stop tokens when the vocabulary has them.
@@ -35,7 +35,7 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 def default_system_prompt(action_format: str) -> str:
     """The system message of every episode: one action per reply, in the environment's format."""
-    return DEFAULT_SYSTEM_PROMPT.replace("{action_format}", action_format)
+    return system_prompt_from(DEFAULT_SYSTEM_PROMPT)(action_format)
 
 
 @lru_cache(maxsize=256)

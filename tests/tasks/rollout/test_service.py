@@ -305,3 +305,19 @@ def test_room_is_what_the_gate_lets_start_counting_released_trajectories(tokeniz
     assert service.room(0) == 6
     run(service.run(service.room(0)))  # asking for exactly the room returns (more would wait for the trainer)
     assert service.room(0) == 0
+
+
+@pytest.mark.parametrize("template", [None, "Act: {action_format}"])
+def test_from_config_prompts_with_the_configured_system_prompt(tokenizer, tiny_model_dir, template):
+    from dartflow.config import validate_config
+
+    config = validate_config({
+        "run_name": "r", "work_dir": "w", "environments": [{"name": "guess_number"}],
+        "rollout": {"system_prompt": template},
+    })
+    engine = FakeEngine(tokenizer)
+    engine.model_dir = tiny_model_dir
+    service = RolloutService.from_config(config, engine=engine, cluster=FakeCluster(), store=FakeSink())
+    messages = service.prompter.start("Guess.", "One integer.").messages
+    expected = [] if template is None else [{"role": "system", "content": "Act: One integer."}]
+    assert list(messages) == [*expected, {"role": "user", "content": "Guess."}]
