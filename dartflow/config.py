@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dartflow.tasks.models.limits import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, VLLM_CPU_HEAD_SIZES
@@ -131,13 +131,43 @@ class EngineConfig(_Section):
     max_num_seqs: int = Field(64, ge=1, le=4096, description="Sequences batched together by the engine.")
 
 
+class CpuConfig(_Section):
+    """How the rollout engine and the trainer share the cores of a CPU-only machine (tasks/cpu_split.py)."""
+
+    engine_cpus: Literal["auto", "all"] | list[Annotated[int, Field(ge=0)]] = Field(
+        "auto",
+        description="Cores the vLLM CPU engine's threads are bound to: auto (the first half of the allowed cores, "
+        "rounded up, when the engine runs on the CPU and there are >= 2; unbound on a GPU), all (vLLM's own "
+        "binding), or a list of core ids.",
+    )
+    trainer_cpus: Literal["auto", "all"] | list[Annotated[int, Field(ge=0)]] = Field(
+        "auto",
+        description="Cores the trainer's steps run on, one torch thread each: auto (the cores the engine does not "
+        "get; unpinned when the engine is unbound), all (every core, torch's own thread count), or a list.",
+    )
+
+    @field_validator("engine_cpus", "trainer_cpus")
+    @classmethod
+    def _cores_listed(cls, cpus):
+        if isinstance(cpus, list) and not cpus:
+            raise ValueError("an empty list of cores: give core ids, 'auto' or 'all'")
+        return cpus
+
+
 class RolloutConfig(_Section):
     group_size: int = Field(4, ge=1, le=1024, description="Rollouts per problem in one group.")
     max_turns: int = Field(8, ge=1, le=1000, description="Turn limit of an episode.")
     max_new_tokens: int = Field(64, ge=1, le=65536, description="Token limit of one agent turn.")
     max_context_tokens: int = Field(1024, ge=32, le=131072, description="Prompt+history limit of one turn.")
-    temperature: float = Field(1.0, ge=0, le=5, description="Sampling temperature (0 = greedy).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(
+        1.0, ge=0, le=5,
+        description="Sampling temperature of rollouts, > 0 (greedy rollouts cannot train); the trainer scores "
+        "tokens at the same temperature (training.temperature_correction).",
+    )
+    top_p: float = Field(
+        1.0, gt=0, le=1,
+        description="Nucleus sampling mass; a training run needs 1 (the trainer scores the full distribution).",
+    )
     max_staleness: int = Field(
         2, ge=0, le=1000, description="Stop starting episodes when this many versions ahead of the trainer."
     )
@@ -151,6 +181,38 @@ class RolloutConfig(_Section):
         "format. null: no system message (the episode starts with the environment's first observation).",
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+# The attention and MLP projections of Llama-style models (Llama, SmolLM2, Qwen2, Mistral).
+LLAMA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(
+        False, description="Train LoRA adapters (peft) instead of every weight; the engine still loads merged full weights."
+    )
+    rank: int = Field(8, ge=1, le=1024, description="Rank r of each adapter (B is out x r, A is r x in).")
+    alpha: float = Field(16.0, gt=0, le=100_000, description="LoRA alpha: the update is scaled by alpha / rank.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Dropout on the adapters' input, in gradient passes only (the engine samples without it; "
+        "0 keeps the trained and the sampled policy the same).",
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1, max_length=64,
+        description="Names (last component) of the linear layers that get adapters; the default covers the "
+        "attention and MLP projections of Llama-style models.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, names: list[str]) -> list[str]:
+        bad = [name for name in names if not re.fullmatch(r"[A-Za-z_][\w.]*", name)]
+        if bad:
+            raise ValueError(f"target module names must be module names like 'q_proj', got {bad}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"target_modules lists a name twice: {names}")
+        return names
 
 
 class TrainingConfig(_Section):
@@ -188,6 +250,7 @@ class TrainingConfig(_Section):
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen reference policy.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus.")
     checkpoint_keep: int = Field(3, ge=1, le=10_000, description="Checkpoints kept (besides marked ones).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters instead of full fine-tuning.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="RL learning-rate schedule.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the RL learning rate.")
     bc_steps: int = Field(
@@ -204,6 +267,12 @@ class TrainingConfig(_Section):
         "replies",
         description="What BC steps learn to predict: the agent's replies only, or the whole transcript, the "
         "environment's observations included (the policy also learns what the environment answers).",
+    )
+    temperature_correction: bool = Field(
+        True,
+        description="Score tokens with softmax(logits / rollout.temperature), the distribution the engine sampled "
+        "from and reported behaviour log-probs of. false: score at temperature 1 (biased importance ratios and "
+        "KL whenever rollout.temperature != 1; kept only to show that bias). BC steps always score at 1.",
     )
 
     @model_validator(mode="after")
@@ -291,6 +360,9 @@ class RunConfig(_Section):
     curation: CurationConfig = Field(
         default_factory=CurationConfig, description="The data manager's rules (tasks/curation); all off = uniform."
     )
+    cpu: CpuConfig = Field(
+        default_factory=CpuConfig, description="Cores of the engine and the trainer on a CPU-only machine."
+    )
 
     @model_validator(mode="after")
     def _curated_groups_fit_a_batch(self) -> "RunConfig":
@@ -316,6 +388,24 @@ class RunConfig(_Section):
         if limit.enabled and limit.min_turns > self.rollout.max_turns:
             raise ValueError(
                 f"curation.turn_limit.min_turns ({limit.min_turns}) must be <= rollout.max_turns ({self.rollout.max_turns})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollouts_sample_what_the_trainer_scores(self) -> "RunConfig":
+        # The trainer scores softmax(logits / T) over the whole vocabulary (TrainerSettings.from_run_config).
+        if self.rollout.temperature == 0:
+            raise ValueError(
+                "rollout.temperature must be > 0 for training: greedy rollouts have no sampling distribution to "
+                "train on (vLLM reports temperature-1 log-probs for them, so the importance ratios would be of "
+                "another policy), and the rollouts of a group repeat each other, so advantages are 0; for greedy "
+                "held-out success use evaluation.temperature: 0"
+            )
+        if self.rollout.top_p < 1:
+            raise ValueError(
+                f"rollout.top_p must be 1 for training (got {self.rollout.top_p}): vLLM renormalises the behaviour "
+                "log-probs over the nucleus, and the trainer scores the full distribution, so its importance "
+                "ratios would be biased; lower rollout.temperature instead"
             )
         return self
 

@@ -135,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     smollm2.add_argument("--no-check", action="store_true", help="skip the transformers-vs-vLLM greedy check")
     smollm2.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
 
+    export = model_commands.add_parser(
+        "export",
+        help="write a training checkpoint as a plain HF model folder (LoRA: merged weights)",
+        description="Write a trainer checkpoint (a runs/<run>/checkpoints/vNNNNNN folder) as a plain Hugging Face "
+        "folder: weights, config and tokenizer, no trainer state, the base model's own embedding tie. A LoRA "
+        "checkpoint is rebuilt from its base model folder and adapter and merged by peft.",
+    )
+    export.add_argument("checkpoint", type=Path, help="checkpoint folder, e.g. dartflow-data/runs/quickstart/checkpoints/v000020")
+    export.add_argument("dir", type=Path, help="output folder (must not exist or be empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+
     store = commands.add_parser(
         "store", help="inspect the trajectory store of a run", description="Trajectory store tools."
     )
@@ -225,6 +236,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "model":
         if args.model_command == "tiny":
             return commands.model_tiny(args)
+        if args.model_command == "export":
+            return commands.model_export(args)
         return commands.model_smollm2(args)
     if args.command == "train":
         from dartflow.flows.train import run_train

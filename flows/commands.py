@@ -56,6 +56,14 @@ def model_smollm2(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_export(args: argparse.Namespace) -> int:
+    from dartflow.tasks.training.lora import export_merged
+
+    path = export_merged(args.checkpoint, args.dir, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
 def quickstart(config: RunConfig) -> int:
     """The README's main job: `train` in async mode under a run name not used yet in the work dir."""
     from dartflow.flows.train import run_train

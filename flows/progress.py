@@ -1,10 +1,11 @@
 """What a person watching `dartflow train` sees: a progress bar on a terminal, one line per step in a log.
 
 On a terminal (stdout is a TTY) a tqdm bar counts RL steps towards the run's target and shows the
-policy version, the batch reward, the latest held-out success and the rollout throughput; messages
+policy version, the batch reward, the latest held-out success, the rollout throughput (sampled tokens/s
+over the run) and the trainer's (tokens through forward+backward per second of its latest step); messages
 (evaluations, warnings) print above it. Anywhere else (CI logs, a file, a test's pipe) each step is
 one grep-able line with the same numbers, e.g.
-    [v  61 | step 1/30] reward 0.562  heldout 0.50  staleness 0.0  rollout 268 tok/s  44s
+    [v  61 | step 1/30] reward 0.562  heldout 0.50  staleness 0.0  rollout 268 tok/s  trainer 120 tok/s  44s
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def step_line(version: int, step: int, steps: int, metrics: dict[str, float], he
         f"[v{version:>4} | step {step}/{steps}] "
         f"reward {metrics.get('train/reward_mean', 0.0):.3f}  heldout {shown}  "
         f"staleness {metrics.get('train/staleness_mean', 0.0):.1f}  "
-        f"rollout {metrics.get('rollout/tokens_per_s', 0.0):,.0f} tok/s  {elapsed_s:,.0f}s"
+        f"rollout {metrics.get('rollout/tokens_per_s', 0.0):,.0f} tok/s  "
+        f"trainer {metrics.get('train/input_tokens_per_s', 0.0):,.0f} tok/s  {elapsed_s:,.0f}s"
     )
 
 
@@ -29,7 +31,7 @@ def bar_postfix(version: int, metrics: dict[str, float], heldout: float | None) 
     shown = f"{heldout:.2f}" if heldout is not None else "-"
     return (
         f"v{version} reward {metrics.get('train/reward_mean', 0.0):.2f} heldout {shown} "
-        f"{metrics.get('rollout/tokens_per_s', 0.0):,.0f} tok/s"
+        f"{metrics.get('rollout/tokens_per_s', 0.0):,.0f} tok/s trainer {metrics.get('train/input_tokens_per_s', 0.0):,.0f} tok/s"
     )
 
 

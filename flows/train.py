@@ -88,6 +88,7 @@ class RunState:
     promotion: Any = None  # the PromotionDecision, when tracking.promotion is on and the run finished
     pool_injections_reported: int = 0
     duration_corr: float = float("nan")  # duration vs batch membership of the last batch taken
+    cpu_split: Any = None  # tasks.cpu_split.CpuSplit: the cores of the engine and of the trainer's steps
 
 
 def raise_if_rollout_ended(state: RunState) -> None:
@@ -167,7 +168,7 @@ def build_flow():
 
     @task(name="bc-warmup", task_run_name="bc-warmup", cache_policy=NONE)
     async def bc_warmup(state: RunState) -> int:
-        """Behaviour cloning on scripted demonstrations, so the policy learns the action format."""
+        """Behaviour cloning on demonstrations (scripted or reference actions): the policy learns the action format."""
         return await asyncio.to_thread(run_bc_warmup, state)
 
     @task(name="rollout", task_run_name="rollout", cache_policy=NONE)
@@ -194,7 +195,8 @@ def build_flow():
         started = time.time()
         keep_turns, weights = trainer_side_curation(state.config, batch)
         report = await asyncio.to_thread(
-            functools.partial(state.trainer.train_step, batch, keep_turn_fraction=keep_turns, trajectory_weights=weights)
+            on_trainer_cores, state,
+            functools.partial(state.trainer.train_step, batch, keep_turn_fraction=keep_turns, trajectory_weights=weights),
         )
         if report.skipped:
             # Weights untouched (non-finite loss/gradient): set the batch aside, give up after a few in a row.
@@ -211,7 +213,7 @@ def build_flow():
             state.store.record_step_selection(report.start_version, report.kept_turns, report.turn_entropies)
         if state.config.curation.experience_pool.enabled:
             await asyncio.to_thread(pool_successes, state, batch)
-        path = await asyncio.to_thread(state.trainer.save_checkpoint)
+        path = await asyncio.to_thread(on_trainer_cores, state, state.trainer.save_checkpoint)
         state.intervals.append(("training", started, time.time()))
         swap_started = time.time()
         swap_s = await state.engine.update_weights(state.trainer.version, path)
@@ -266,14 +268,18 @@ def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
     from dartflow.flows.promotion import fetch_champion
     from dartflow.flows.stores import open_trajectory_store
     from dartflow.storage.tracking import RunTracker, run_link_markdown
+    from dartflow.tasks.cpu_split import split_for_run
     from dartflow.tasks.models.prepare import ensure_policy_model
     from dartflow.tasks.training.checkpoints import latest_checkpoint
+    from dartflow.tasks.training.settings import TrainerSettings
     from dartflow.tasks.training.trainer import Trainer
 
     run_dir = config.work_dir / "runs" / config.run_name
     checkpoint_root = run_dir / "checkpoints"
     run_file = run_dir / "run.json"
     state = RunState(config=config, run_dir=run_dir)
+    # Before anything is written: cores this machine does not have fail the run here.
+    state.cpu_split = split_for_run(config.cpu.engine_cpus, config.cpu.trainer_cpus)
     has_checkpoint = latest_checkpoint(checkpoint_root) is not None
     if resume and not has_checkpoint:
         raise FileNotFoundError(f"--resume: run '{config.run_name}' has no checkpoint under {checkpoint_root}")
@@ -287,7 +293,7 @@ def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
     if resume:
         saved = json.loads(run_file.read_text())
         state.tracker = RunTracker.resume(config.mlflow_uri, saved["mlflow_run_id"], tags=tags)
-        state.trainer = Trainer.resume(checkpoint_root, config.training)
+        state.trainer = Trainer.resume(checkpoint_root, settings=TrainerSettings.from_run_config(config))
         state.champion_start = saved.get("champion_start")
     else:
         champion = fetch_champion(config) if config.tracking.start_from_champion else None
@@ -303,7 +309,7 @@ def open_run(config: RunConfig, resume: bool, flow_run_id: str) -> RunState:
         run_file.write_text(json.dumps({
             "mlflow_run_id": state.tracker.run_id, "first_flow_run_id": flow_run_id, "champion_start": state.champion_start,
         }))
-        state.trainer = Trainer(model_dir, config.training, checkpoint_root)
+        state.trainer = Trainer(model_dir, checkpoint_root=checkpoint_root, settings=TrainerSettings.from_run_config(config))
         state.trainer.save_checkpoint(mark=True, reason="base policy")
     state.store = open_trajectory_store(config, run_id=config.run_name)
     state.rl_done = state.trainer.rl_steps
@@ -318,12 +324,12 @@ def bc_unfinished(trainer, bc_steps: int) -> bool:
 
 
 def run_bc_warmup(state: RunState) -> int:
-    """Scripted demonstrations into the store (once per run: a redone warm-up reuses them), then
+    """Demonstrations into the store (once per run: a redone warm-up reuses them), then
     `bc_steps` supervised steps on them. Stops early, without a checkpoint, when the run is stopped."""
     from dartflow.flows import interrupts
     import random
 
-    from dartflow.tasks.rollout.demonstrations import scripted_demonstrations
+    from dartflow.tasks.rollout.demonstrations import warmup_demonstrations
     from dartflow.tasks.rollout.prompts import ChatPrompter, system_prompt_from
 
     config, trainer = state.config, state.trainer
@@ -332,11 +338,12 @@ def run_bc_warmup(state: RunState) -> int:
     run_demonstrations = f"run_id = '{config.run_name}' AND source = 'demonstration'"
     demonstrations = state.store.as_of(state.store.version, where=run_demonstrations)
     if not demonstrations.num_rows:
-        records = scripted_demonstrations(
+        played = warmup_demonstrations(
             environments, prompter, config.training.bc_demonstrations, seed=config.seed,
             max_turns=config.training.bc_max_turns or config.rollout.max_turns, run_id=config.run_name,
         )
-        state.store.append(records)
+        print(played.summary(), flush=True)
+        state.store.append(played.records)
         # The rows as stored: BC trains on what the store holds.
         demonstrations = state.store.as_of(state.store.version, where=run_demonstrations)
     rng = random.Random(config.seed)
@@ -353,8 +360,16 @@ def run_bc_warmup(state: RunState) -> int:
             print(f"bc warm-up: step {trainer.bc_steps}/{config.training.bc_steps}, loss {loss:.3f}", flush=True)
     state.intervals.append(("bc warm-up", started, time.time()))
     trainer.save_checkpoint(mark=True, reason="after behaviour cloning")
-    print(f"bc warm-up: {config.training.bc_steps} steps on {demonstrations.num_rows} scripted demonstrations -> version {trainer.version}")
+    print(f"bc warm-up: {config.training.bc_steps} steps on {demonstrations.num_rows} demonstrations -> version {trainer.version}")
     return trainer.version
+
+
+def on_trainer_cores(state: RunState, work):
+    """Run `work()` in this thread pinned to the trainer's cores (all cores when the split pins none)."""
+    from dartflow.tasks.cpu_split import pinned
+
+    with pinned(state.cpu_split.trainer_cpus if state.cpu_split is not None else None):
+        return work()
 
 
 async def start_modules(state: RunState) -> None:
@@ -366,8 +381,11 @@ async def start_modules(state: RunState) -> None:
 
     config, trainer = state.config, state.trainer
     checkpoint = latest_checkpoint(trainer.checkpoint_root)
-    print(f"starting the rollout engine on {checkpoint} and {config.cluster.num_workers} environment workers")
-    state.engine = RolloutEngine.from_config(config, model_dir=checkpoint, policy_version=trainer.version)
+    print(f"starting the rollout engine on {checkpoint} and {config.cluster.num_workers} environment workers "
+          f"({state.cpu_split.describe()})")
+    state.engine = RolloutEngine.from_config(
+        config, model_dir=checkpoint, policy_version=trainer.version, cpu_ids=state.cpu_split.engine_cpus
+    )
     state.cluster = EnvironmentCluster.from_config(config)
     await asyncio.gather(state.engine.start(), state.cluster.start())
     state.sampler = curated_sampler(state)
@@ -389,7 +407,7 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
     target = config.training.steps  # total RL steps of the run: a resumed run continues to the same end
     progress = TrainProgress(target, trainer.rl_steps, started=state.started)
     state.progress = progress
-    first_eval = await evaluate_task(state, trainer.version)
+    first_version, first_eval = trainer.version, await evaluate_task(state, trainer.version)
     progress.evaluated(trainer.version, first_eval)
     background = asyncio.create_task(rollout(state)) if mode == "async" and trainer.rl_steps < target else None
     state.background = background
@@ -413,7 +431,8 @@ async def train_loop(state: RunState, mode: str, rollout, train_step, evaluate_t
         if background is not None:
             state.service.stop()
             await asyncio.gather(background, return_exceptions=True)
-    last_eval = await evaluate_task(state, trainer.version)
+    # Nothing trained (training.steps reached, or 0: an evaluation-only run): the same policy, the same number.
+    last_eval = first_eval if trainer.version == first_version else await evaluate_task(state, trainer.version)
     if config.tracking.promotion.enabled:
         from dartflow.flows.promotion import compare_with_champion
 

@@ -65,6 +65,15 @@ def test_cross_field_rules():
         load_config(None, ["model.tiny.hidden_size=100", "model.tiny.num_heads=3"])
 
 
+def test_rollouts_the_trainer_cannot_score_are_refused():
+    # The trainer scores softmax(logits / rollout.temperature) over the whole vocabulary.
+    with pytest.raises(ConfigError, match=r"rollout\.temperature must be > 0 for training: greedy"):
+        load_config(None, ["rollout.temperature=0"])
+    with pytest.raises(ConfigError, match=r"rollout\.top_p must be 1 for training \(got 0\.9\): vLLM renormalises"):
+        load_config(None, ["rollout.top_p=0.9"])
+    assert load_config(None, ["rollout.temperature=0.7", "evaluation.temperature=0"]).rollout.temperature == 0.7
+
+
 def test_model_path_source_needs_an_existing_hf_folder(tmp_path):
     with pytest.raises(ConfigError, match="model.path is required"):
         load_config(None, ["model.source=path"])

@@ -181,6 +181,10 @@ class ArithmeticEnv:
         self._expected = int(problem.params["answer"])
         return question(problem.params["expression"])
 
+    def reference_action(self) -> str | None:
+        """The expression's value, the action that solves the current problem (None outside an episode)."""
+        return None if self._expected is None else str(self._expected)
+
     def step(self, action_text: str) -> StepResult:
         if self._expected is None:
             info = {"invalid_action": True, "episode_over": True, "success": False}

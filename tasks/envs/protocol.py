@@ -56,6 +56,31 @@ class Environment(Protocol):
 
 
 @runtime_checkable
+class KnowsReferenceAction(Protocol):
+    """Optional, on top of `Environment`: an environment that knows how to solve its current state.
+
+    `reference_action()`, called after `reset` (and after each non-final `step`), returns the action
+    text that solves the current state in the environment's `action_format` (reasoning_gym: the
+    dataset's reference answer as `<answer>...</answer>`), or None when it does not know. The BC
+    warm-up plays such actions as demonstrations for environments without a scripted policy
+    (`tasks/rollout/demonstrations.py`); the environment's own `step` still judges them, and one
+    that does not end in success is not used. It must not change the episode's state.
+    """
+
+    def reference_action(self) -> str | None: ...
+
+
+def reference_action_of(environment: Environment) -> str | None:
+    """The environment's reference action for its current state; None when it has none."""
+    method = getattr(environment, "reference_action", None)
+    return method() if callable(method) else None
+
+
+def knows_reference_actions(environment: Environment) -> bool:
+    return callable(getattr(environment, "reference_action", None))
+
+
+@runtime_checkable
 class ProblemSource(Protocol):
     """The problems of one configured environment: stable ids, difficulty, a split, seedable sampling.
 

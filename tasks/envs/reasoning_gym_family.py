@@ -1,7 +1,11 @@
 """`reasoning_gym:<task>`: any reasoning_gym procedural dataset as a single-turn environment.
 
 The question is the observation; the action is scored by the dataset's own
-`score_answer(answer=, entry=)` (0..1), which is the reward; `success` means a score of 1.
+`score_answer(answer=, entry=)` (0..1), which is the reward; `success` means a score of 1. What is
+scored is the last `<answer>...</answer>` block of the action, else the whole action, stripped of
+surrounding whitespace; an empty answer scores 0. The system prompt asks for the tags
+(`action_format`), and `reference_action()` is the dataset's reference answer in them (the BC
+warm-up's demonstrations; None for tasks whose items carry no answer, e.g. rush_hour).
 
 Params: the dataset's own config fields (its difficulty knobs, e.g. `min_terms` for
 basic_arithmetic), passed through to `reasoning_gym.create_dataset` and checked against the
@@ -43,6 +47,11 @@ def extract_answer(action_text: str) -> str:
     """
     blocks = _ANSWER_TAG.findall(action_text)
     return (blocks[-1] if blocks else action_text).strip()
+
+
+def answer_action(answer: str) -> str:
+    """The action that submits `answer` in the format `extract_answer` scores."""
+    return f"<answer>{answer}</answer>"
 
 
 def _datasets() -> dict[str, tuple[type, type]]:
@@ -118,10 +127,11 @@ class ReasoningGymProblems(IndexedProblemSource):
 
 class ReasoningGymEnv:
     name: ClassVar[str] = PREFIX
+    # A real instruct model reads this in its system message (short: a 135M model reads it too); untagged
+    # prose ("The answer is 18.") is scored whole and fails. Scoring details: the module docstring.
     action_format: ClassVar[str] = (
-        "The answer as the question asks for it. If the action contains <answer>...</answer>, the last "
-        "such block is scored, else the whole action; surrounding whitespace is stripped. The dataset's "
-        "own score_answer gives the reward (0..1); an empty answer scores 0."
+        "Your final answer inside <answer></answer> tags, in the form the question asks for, e.g. "
+        "<answer>42</answer>. Be concise: only the last <answer> block is scored."
     )
 
     def __init__(self, task: str, config: dict[str, Any]):
@@ -134,6 +144,11 @@ class ReasoningGymEnv:
         self._dataset = _dataset(p["task"], _config_json(p["config"]), p["seed"], p["size"])
         self._entry = self._dataset[p["index"]]
         return str(self._entry["question"])
+
+    def reference_action(self) -> str | None:
+        """The dataset's reference answer in the scored format; None outside an episode or without one."""
+        answer = None if self._entry is None else self._entry.get("answer")
+        return None if answer is None else answer_action(str(answer))
 
     def step(self, action_text: str) -> StepResult:
         entry = self._entry

@@ -14,6 +14,7 @@ An environment class (built-in or a user's) provides
     @classmethod problem_source(cls, **params) -> ProblemSource
     reset(problem) -> str; step(action_text) -> StepResult; close() -> None
     @classmethod check_params(cls, params: dict) -> Any   # optional: raise ValueError naming the param
+    reference_action() -> str | None                    # optional: the action solving the current state (BC demonstrations)
 Without `check_params`, params are checked against the signatures of `__init__` and `problem_source`.
 
 The params key `latency` is handled here for every environment (see latency.py).

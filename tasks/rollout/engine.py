@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dartflow.tasks.cpu_split import engine_bind_env
 from dartflow.tasks.models.folders import require_model_folder
 from dartflow.tasks.rollout.generation import (
     VLLM_LOGPROBS_MODE,
@@ -90,7 +91,9 @@ class RolloutEngine:
         logprobs_source: LogprobsSource = "processed",
         seed: int = 0,
         policy_version: int = 0,
+        cpu_ids: list[int] | None = None,
     ):
+        """cpu_ids: the cores a CPU engine's threads are bound to (tasks/cpu_split.py); None: vLLM's default."""
         from dartflow.config import EngineConfig
 
         self.model_dir = require_model_folder(model_dir)
@@ -104,6 +107,7 @@ class RolloutEngine:
         self.in_flight_on_swap: InFlightOnSwap = in_flight_on_swap
         self.logprobs_source: LogprobsSource = logprobs_source
         self.seed = seed
+        self.cpu_ids = cpu_ids
         self.hf_config = read_model_config(self.model_dir)  # config.json: checkpoints must match its shape
         self._policy_version = policy_version
         self._checkpoint_dir = self.model_dir
@@ -118,10 +122,11 @@ class RolloutEngine:
 
     @classmethod
     def from_config(
-        cls, config: RunConfig, model_dir: str | os.PathLike | None = None, *, policy_version: int = 0
+        cls, config: RunConfig, model_dir: str | os.PathLike | None = None, *, policy_version: int = 0,
+        cpu_ids: list[int] | None = None,
     ) -> RolloutEngine:
         """The engine a run config describes (model folder: `model_dir` or the config's), serving
-        `policy_version` (the version of the checkpoint in `model_dir`)."""
+        `policy_version` (the version of the checkpoint in `model_dir`), bound to `cpu_ids` (the run's CPU split)."""
         return cls(
             model_dir if model_dir is not None else config.model_dir,
             engine=config.rollout.engine,
@@ -130,6 +135,7 @@ class RolloutEngine:
             in_flight_on_swap=config.rollout.in_flight_on_swap,
             seed=config.seed,
             policy_version=policy_version,
+            cpu_ids=cpu_ids,
         )
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -159,8 +165,11 @@ class RolloutEngine:
             disable_log_stats=True,
         )
         # Built inside the running loop, as vLLM's own server does: its output handler and ZMQ
-        # sockets belong to this loop. Blocks the loop while the model loads.
-        self._llm = AsyncLLM.from_engine_args(args)
+        # sockets belong to this loop. Blocks the loop while the model loads. The engine-core
+        # process reads its thread binding from the environment it is spawned with.
+        bind = engine_bind_env(self.cpu_ids) if current_platform.is_cpu() else {}
+        with _environment(bind):
+            self._llm = AsyncLLM.from_engine_args(args)
         await self._llm.update_weight_version(str(self._policy_version))
         self.start_s = time.perf_counter() - started
         logger.info("rollout engine for %s started in %.1f s", self.model_dir, self.start_s)
@@ -349,6 +358,21 @@ class RolloutEngine:
             self.last_swap_s = time.perf_counter() - started
         logger.info("policy version %d loaded from %s in %.3f s (%s)", version, checkpoint, self.last_swap_s, mode)
         return self.last_swap_s
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with `values` set, restored afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def engine_processes(llm) -> tuple[list, list]:

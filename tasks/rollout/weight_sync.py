@@ -95,6 +95,9 @@ class WeightSyncExtension:
 
     def dartflow_load_checkpoint(self, checkpoint_dir: str) -> dict[str, int]:
         """Reload all weights in place from `checkpoint_dir`, re-pack tied LM heads, check heads."""
+        # vLLM's loader draws a "Loading safetensors checkpoint shards" bar per load unless its
+        # load config says not to: one per swap would fill the run's log. Errors still raise.
+        self.model_runner.vllm_config.load_config.use_tqdm_on_load = False
         self.reload_weights(weights_path=checkpoint_dir, is_checkpoint_format=True)
         model = self.model_runner.get_model()
         repacked = repack_tied_lm_heads(model)

@@ -4,6 +4,7 @@
         config.json  model.safetensors  generation_config.json  tokenizer files
         trainer_state/trainer.json                 version, step counters, settings, base model
         trainer_state/state.pt                     AdamW state, torch RNG state
+        trainer_state/adapter/                     LoRA runs: the peft adapter (lora.py)
         marked.json                                present: never pruned
 
 Written atomically (built in a hidden sibling, renamed into place): a reader sees a whole
@@ -37,6 +38,7 @@ CHECKPOINT_NAME = re.compile(r"^v(\d{6,})$")
 STATE_DIR = "trainer_state"
 TRAINER_JSON = "trainer.json"
 STATE_PT = "state.pt"
+ADAPTER_DIR = "adapter"  # LoRA runs: peft's adapter files, under STATE_DIR
 MARKER = "marked.json"
 
 
@@ -64,9 +66,14 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 def untied_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """Every persistent tensor by its HF name, the LM head as a tensor of its own (a copy if tied)."""
+    return untie_shared(model.state_dict())
+
+
+def untie_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors, detached and contiguous, each with memory of its own (tied ones copied)."""
     state: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in tensors.items():
         tensor = tensor.detach()
         # safetensors refuses tensors that share memory: a tied head gets its own copy.
         storage = tensor.untyped_storage().data_ptr()
@@ -75,15 +82,22 @@ def untied_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_model_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path) -> None:
-    """config.json (untied), model.safetensors, generation_config.json and the tokenizer into `folder`."""
+def write_model_files(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """config.json (untied), model.safetensors, generation_config.json and the tokenizer into `folder`.
+
+    weights: the tensors to write by HF name (e.g. LoRA-merged ones); None: the model's own.
+    """
     config = copy.deepcopy(model.config)
     config.tie_word_embeddings = False
     config.architectures = [type(model).__name__]
     config.save_pretrained(folder)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(folder)
-    save_file(untied_state_dict(model), folder / "model.safetensors", metadata={"format": "pt"})
+    state = untied_state_dict(model) if weights is None else untie_shared(weights)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
@@ -96,16 +110,21 @@ def write_checkpoint(
     *,
     trainer_state: dict[str, Any],
     tensor_state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
+    adapter: Any | None = None,
 ) -> Path:
     """Write checkpoint `version` under `root` atomically (replacing one of that version); return it.
 
     trainer_state: JSON-able (version, counters, settings...); tensor_state: torch.save-able
-    (optimizer state dict, RNG state).
+    (optimizer state dict, RNG state). weights: see `write_model_files`. adapter: a peft model
+    whose adapter files go to trainer_state/adapter/ (lora.py).
     """
     destination = checkpoint_path(root, version)
     with atomic_model_folder(destination, overwrite=True) as staging:
-        write_model_files(model, tokenizer, staging)
+        write_model_files(model, tokenizer, staging, weights)
         (staging / STATE_DIR).mkdir()
+        if adapter is not None:
+            adapter.save_pretrained(staging / STATE_DIR / ADAPTER_DIR)
         torch.save(tensor_state, staging / STATE_DIR / STATE_PT)
         (staging / STATE_DIR / TRAINER_JSON).write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
     return destination

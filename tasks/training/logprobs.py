@@ -4,6 +4,10 @@ Only agent tokens need a distribution, and prompts/observations are most of a mu
 the LM head runs on the hidden states of the predicting positions only, (N, H) -> (N, V), instead
 of on every position, (B, T, H) -> (B, T, V). `head_matches_forward` checks once per model that
 this equals the model's own logits (a model that scales or caps its logits gets the full path).
+
+`temperature`: the engine samples from softmax(logits / T) and reports that distribution's log-probs
+(vLLM `processed_logprobs`), so the trainer scores the same distribution: behaviour, proximal and
+current log-probs and the entropy all come from logits / T. Behaviour cloning scores at T = 1.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ def agent_token_logprobs(
     entropy: bool = False,
     entropy_grad: bool = False,
     full_logits: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor | None]:
-    """log pi(token | prefix) of each agent token, and the entropy of pi there. Shapes (N,), (N,).
+    """log pi_T(token | prefix) of each agent token, and the entropy of pi_T there, where
+    pi_T = softmax(logits / temperature). Shapes (N,), (N,).
 
     Tokens are ordered as `micro_batch.loss_mask.nonzero()` (row-major), like `x[loss_mask]`.
     The entropy is computed without gradient unless `entropy_grad`.
@@ -36,13 +42,21 @@ def agent_token_logprobs(
     else:
         hidden = model.get_decoder()(input_ids=micro_batch.input_ids, use_cache=False).last_hidden_state  # (B, T, H)
         logits = model.get_output_embeddings()(hidden[rows, cols - 1])  # (N, V)
-    logits = logits.float()
+    logits = tempered_logits(logits, temperature)  # (N, V)
     logprobs = -F.cross_entropy(logits, targets, reduction="none")  # (N,)
     if not entropy:
         return logprobs, None
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         token_entropy = distribution_entropy(logits if entropy_grad else logits.detach())  # (N,)
     return logprobs, token_entropy
+
+
+def tempered_logits(logits: Tensor, temperature: float) -> Tensor:
+    """The logits of the distribution sampled at `temperature`: float32 logits / T. (..., V) -> (..., V)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 to score tokens (0 is greedy: no distribution), got {temperature}")
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def distribution_entropy(logits: Tensor) -> Tensor:

@@ -2,16 +2,19 @@
 
 `TrainerSettings.from_config` reads every field by name from the config and falls back to the
 defaults below for fields the config does not have, so adding a field of the same name to
-`TrainingConfig` is all it takes to make it configurable.
+`TrainingConfig` is all it takes to make it configurable. A run builds its trainer's settings with
+`TrainerSettings.from_run_config`, which also reads what lives in other sections (the rollout's
+sampling temperature).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dartflow.tasks.training.advantages import ADVANTAGE_ESTIMATORS, CREDIT_MODES
 from dartflow.tasks.training.batching import BC_LOSSES, LOSS_AGGREGATIONS
+from dartflow.tasks.training.lora import LoraSettings
 from dartflow.tasks.training.schedule import LR_SCHEDULES
 
 PROXIMAL_MODES = ("reuse", "recompute")
@@ -36,6 +39,7 @@ class TrainerSettings:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     checkpoint_keep: int = 3
+    lora: LoraSettings = field(default_factory=LoraSettings)  # training.lora; disabled: full fine-tuning
     # Not in TrainingConfig yet.
     lr_schedule: str = "constant"  # see schedule.LR_SCHEDULES; decays over `steps` RL steps
     warmup_steps: int = 0  # linear warm-up of the RL learning rate
@@ -49,8 +53,14 @@ class TrainerSettings:
     bc_loss: str = "replies"  # see batching.BC_LOSSES
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
+    # The temperature T the trainer scores tokens with: log-probs and entropy of softmax(logits / T),
+    # the distribution the engine sampled from (its behaviour log-probs are of it). From a run config:
+    # rollout.temperature, or 1 when training.temperature_correction is off (`from_run_config`).
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        # A pydantic section (TrainingConfig.lora) or a dict (a checkpoint's trainer.json) works too.
+        object.__setattr__(self, "lora", LoraSettings.coerce(self.lora))
         checks = {
             "advantage": (self.advantage, tuple(ADVANTAGE_ESTIMATORS)),
             "credit": (self.credit, CREDIT_MODES),
@@ -70,6 +80,8 @@ class TrainerSettings:
             raise ValueError(f"updates_per_batch must be >= 1, got {self.updates_per_batch}")
         if self.micro_batch_size < 1 or self.batch_size < 1:
             raise ValueError("batch_size and micro_batch_size must be >= 1")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (the rollout's sampling temperature), got {self.temperature}")
 
     @classmethod
     def from_config(cls, config: Any | None = None, **overrides: Any) -> "TrainerSettings":
@@ -84,6 +96,18 @@ class TrainerSettings:
         if isinstance(values.get("adam_betas"), list):
             values["adam_betas"] = tuple(values["adam_betas"])
         return cls(**values)
+
+    @classmethod
+    def from_run_config(cls, config: Any, **overrides: Any) -> "TrainerSettings":
+        """Settings of a run's trainer from its RunConfig: the training section, scoring at the
+        rollout's sampling temperature unless training.temperature_correction is off (then T = 1,
+        the biased scoring, kept only to show the bias). Every place that builds or resumes a
+        run's Trainer takes its settings from here, so the temperature cannot be forgotten."""
+        if not all(hasattr(config, name) for name in ("training", "rollout")):
+            raise TypeError(f"expected a RunConfig (with training and rollout sections), got {type(config).__name__}")
+        corrected = getattr(config.training, "temperature_correction", True)
+        temperature = config.rollout.temperature if corrected else 1.0
+        return cls.from_config(config.training, **{"temperature": temperature, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

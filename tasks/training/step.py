@@ -93,18 +93,26 @@ def apply_update(
 
 
 @torch.no_grad()
-def proximal_logprobs(model: PreTrainedModel, micro_batches: list[MicroBatch], *, full_logits: bool) -> list[Tensor]:
-    """Log-probs of the agent tokens under the policy as it is now (a separate no-grad pass). (N_i,) each."""
-    return [agent_token_logprobs(model, mb, full_logits=full_logits)[0] for mb in micro_batches]
+def proximal_logprobs(
+    model: PreTrainedModel, micro_batches: list[MicroBatch], *, full_logits: bool, temperature: float = 1.0
+) -> list[Tensor]:
+    """Log-probs of the agent tokens under the policy as it is now (a separate no-grad pass), at the
+    rollout's sampling temperature. (N_i,) each."""
+    return [
+        agent_token_logprobs(model, mb, full_logits=full_logits, temperature=temperature)[0] for mb in micro_batches
+    ]
 
 
 @torch.no_grad()
 def proximal_logprobs_and_entropy(
-    model: PreTrainedModel, micro_batches: list[MicroBatch], *, full_logits: bool
+    model: PreTrainedModel, micro_batches: list[MicroBatch], *, full_logits: bool, temperature: float = 1.0
 ) -> tuple[list[Tensor], list[Tensor]]:
     """`proximal_logprobs` and the entropy of the policy at the same tokens, from the same logits
-    (the high-entropy step selection's input). (N_i,) each."""
-    results = [agent_token_logprobs(model, mb, entropy=True, full_logits=full_logits) for mb in micro_batches]
+    (the high-entropy step selection's input: the entropy of the distribution sampled). (N_i,) each."""
+    results = [
+        agent_token_logprobs(model, mb, entropy=True, full_logits=full_logits, temperature=temperature)
+        for mb in micro_batches
+    ]
     return [logprobs for logprobs, _ in results], [entropy for _, entropy in results]
 
 
@@ -128,16 +136,21 @@ def policy_gradient_step(
     # detached current log-probs *are* the proximal ones ("reuse"); "recompute" checks that.
     recomputed = proximal
     if recomputed is None and settings.proximal_logprobs == "recompute":
-        recomputed = proximal_logprobs(policy, micro_batches, full_logits=full_logits)
+        recomputed = proximal_logprobs(policy, micro_batches, full_logits=full_logits, temperature=settings.temperature)
 
     def micro_batch_loss(index: int, mb: MicroBatch, total_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+        # At the rollout's temperature: the behaviour log-probs are of softmax(logits / T), and the
+        # importance ratios and the KL are only unbiased between distributions of the same T.
         logprobs, entropy = agent_token_logprobs(
-            policy, mb, entropy=True, entropy_grad=settings.entropy_coef > 0, full_logits=full_logits
+            policy, mb, entropy=True, entropy_grad=settings.entropy_coef > 0, full_logits=full_logits,
+            temperature=settings.temperature,
         )  # (N,), (N,)
         reference_logprobs = None
         if reference is not None and settings.kl_coef > 0:
             with torch.no_grad():
-                reference_logprobs = agent_token_logprobs(reference, mb, full_logits=full_logits)[0]
+                reference_logprobs = agent_token_logprobs(
+                    reference, mb, full_logits=full_logits, temperature=settings.temperature
+                )[0]
         return decoupled_ppo_loss(
             logprobs,
             recomputed[index] if recomputed is not None else logprobs.detach(),

@@ -1,6 +1,7 @@
 """The trainer the flow drives: batches in, policy versions and checkpoints out.
 
-    trainer = Trainer(model_dir, config.training, checkpoint_root)
+    settings = TrainerSettings.from_run_config(config)  # training section + the rollout's temperature
+    trainer = Trainer(model_dir, checkpoint_root=checkpoint_root, settings=settings)
     trainer.save_checkpoint()                     # v000000: the untied folder engines start from
     batch = store.next_batch(trainer.version, max_staleness, batch_size)
     report = trainer.train_step(batch)            # version += 1 unless report.skipped
@@ -28,7 +29,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoTokenizer
 
-from dartflow.tasks.training import checkpoints
+from dartflow.tasks.training import checkpoints, lora
 from dartflow.tasks.training.advantages import group_index, turn_advantages, zero_signal_group_fraction
 from dartflow.tasks.training.batching import (
     MicroBatch, build_micro_batches, check_trajectory_weights, rollout_staleness, whole_transcript,
@@ -91,13 +92,19 @@ class Trainer:
         version: int = 0,
         base_model_dir: str | os.PathLike | None = None,
         tie_word_embeddings: bool | None = None,
+        adapter_dir: str | os.PathLike | None = None,
     ) -> None:
         """config: a TrainingConfig (or `settings`). base_model_dir: the frozen KL reference
-        (default: model_dir). tie_word_embeddings: None keeps the folder's setting."""
+        (default: model_dir). tie_word_embeddings: None keeps the folder's setting. With
+        `settings.lora.enabled`, model_dir holds the base weights the adapters sit on, and
+        adapter_dir the adapters to continue (None: fresh ones)."""
         self.settings = settings if settings is not None else TrainerSettings.from_config(config)
         self.checkpoint_root = Path(checkpoint_root)
         self.base_model_dir = Path(base_model_dir or model_dir).absolute()
+        self.adapter_base_dir = Path(model_dir).absolute() if self.settings.lora.enabled else None
         self.policy = checkpoints.load_policy(model_dir, tie_word_embeddings=tie_word_embeddings)
+        if self.settings.lora.enabled:  # the base frozen: AdamW below sees the adapters only
+            self.policy = lora.with_adapters(self.policy, self.settings.lora, adapter_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
@@ -122,6 +129,8 @@ class Trainer:
         return self._version
 
     def _load_reference(self) -> torch.nn.Module:
+        if self.adapter_base_dir == self.base_model_dir:  # the adapters' base is the reference
+            return lora.AdapterFreeView(self.policy)
         reference = checkpoints.load_policy(self.base_model_dir)
         reference.requires_grad_(False)
         return reference
@@ -191,7 +200,7 @@ class Trainer:
         one `updates_per_batch > 1` needs anyway) also gives each agent token's entropy; the turns
         with the highest mean entropy keep their tokens in the loss mask, the others leave it."""
         proximal, token_entropies = proximal_logprobs_and_entropy(
-            self.policy, micro_batches, full_logits=self.full_logits
+            self.policy, micro_batches, full_logits=self.full_logits, temperature=self.settings.temperature
         )  # (N_i,) each
         entropies = turn_mean_entropies(micro_batches, token_entropies, turn_counts(batch))  # per row (turns,)
         kept, kept_fraction = select_turns(entropies, keep_fraction)
@@ -222,13 +231,16 @@ class Trainer:
         a later update's skip as `updates_skipped` with a warning (the earlier updates stay applied)."""
         updates = self.settings.updates_per_batch
         if proximal is None and updates > 1:
-            proximal = proximal_logprobs(self.policy, micro_batches, full_logits=self.full_logits)
+            proximal = proximal_logprobs(
+                self.policy, micro_batches, full_logits=self.full_logits, temperature=self.settings.temperature
+            )
         outcome, applied = None, 0
         for _ in range(updates):
-            attempt = policy_gradient_step(
-                self.policy, self.optimizer, micro_batches, self.settings,
-                lr=lr, reference=self.reference, full_logits=self.full_logits, proximal=proximal,
-            )
+            with lora.dropout_active(self.policy):
+                attempt = policy_gradient_step(
+                    self.policy, self.optimizer, micro_batches, self.settings,
+                    lr=lr, reference=self.reference, full_logits=self.full_logits, proximal=proximal,
+                )
             if not attempt.applied:
                 if outcome is not None:
                     logger.warning("update %d of %d on this batch skipped (%s); the earlier ones stay applied",
@@ -249,10 +261,11 @@ class Trainer:
         if self.settings.bc_loss == "transcript":
             micro_batches = [whole_transcript(mb) for mb in micro_batches]
         lr = self.settings.bc_lr if self.settings.bc_lr is not None else self.settings.lr
-        outcome = behaviour_cloning_step(
-            self.policy, self.optimizer, micro_batches,
-            lr=lr, max_grad_norm=self.settings.max_grad_norm, full_logits=self.full_logits,
-        )
+        with lora.dropout_active(self.policy):
+            outcome = behaviour_cloning_step(
+                self.policy, self.optimizer, micro_batches,
+                lr=lr, max_grad_norm=self.settings.max_grad_norm, full_logits=self.full_logits,
+            )
         if outcome.applied:
             self.bc_steps += 1
         return self._report(outcome, micro_batches, batch, lr, started, {})
@@ -316,10 +329,14 @@ class Trainer:
             "base_model_dir": str(self.base_model_dir),
             "settings": self.settings.to_dict(),
         }
+        if self.adapter_base_dir is not None:
+            trainer_state["adapter_base_dir"] = str(self.adapter_base_dir)
         tensor_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        # LoRA: merged full weights for the engine (new tensors; the policy stays as it is) + the adapter.
+        model, weights, adapter = lora.checkpoint_parts(self.policy)
         path = checkpoints.write_checkpoint(
-            self.checkpoint_root, self._version, self.policy, self.tokenizer,
-            trainer_state=trainer_state, tensor_state=tensor_state,
+            self.checkpoint_root, self._version, model, self.tokenizer,
+            trainer_state=trainer_state, tensor_state=tensor_state, weights=weights, adapter=adapter,
         )
         if mark:
             checkpoints.mark_checkpoint(path, reason)
@@ -358,9 +375,13 @@ class Trainer:
             settings = TrainerSettings.from_config(config)
         elif settings is None:
             settings = TrainerSettings.from_config(None, **saved["settings"])
+        adapted = "adapter_base_dir" in saved  # LoRA: the base from its folder, the adapters from the checkpoint
+        lora.check_resumable(lora.LoraSettings.coerce(saved["settings"].get("lora")), settings.lora)
         trainer = cls(
-            path, checkpoint_root=checkpoint_root, settings=settings, version=saved["version"],
-            base_model_dir=saved["base_model_dir"], tie_word_embeddings=saved["tie_word_embeddings"],
+            saved["adapter_base_dir"] if adapted else path, checkpoint_root=checkpoint_root, settings=settings,
+            version=saved["version"], base_model_dir=saved["base_model_dir"],
+            tie_word_embeddings=None if adapted else saved["tie_word_embeddings"],
+            adapter_dir=lora.adapter_folder(path) if adapted else None,
         )
         trainer.optimizer.load_state_dict(tensors["optimizer"])
         torch.set_rng_state(tensors["torch_rng"])

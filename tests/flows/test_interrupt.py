@@ -82,7 +82,7 @@ def test_ctrl_c_in_bc_then_in_rl_and_two_resumes_finish_the_run_training_nothing
     # 2. Resume: BC is redone on the stored demonstrations, then Ctrl-C between RL steps.
     process = start_train(config, env, "--resume")
     shown, processes, signalled = ctrl_c_at(process, "| step 2/")
-    assert f"bc warm-up: {bc_steps} steps on {demonstrations} scripted demonstrations" in shown, shown[-4000:]
+    assert f"bc warm-up: {bc_steps} steps on {demonstrations} demonstrations" in shown, shown[-4000:]
     assert len(processes) >= 3
     assert process.returncode == 130, shown[-4000:]
     assert time.time() - signalled < 90, shown[-4000:]

@@ -4,7 +4,7 @@ import io
 
 from dartflow.flows.progress import TrainProgress, bar_postfix, step_line
 
-METRICS = {"train/reward_mean": 0.5625, "train/staleness_mean": 1.5, "rollout/tokens_per_s": 1234.4}
+METRICS = {"train/reward_mean": 0.5625, "train/staleness_mean": 1.5, "rollout/tokens_per_s": 1234.4, "train/input_tokens_per_s": 98.6}
 
 
 class Terminal(io.StringIO):
@@ -14,7 +14,7 @@ class Terminal(io.StringIO):
 
 def test_step_line_shows_version_step_reward_heldout_and_throughput():
     line = step_line(61, 1, 30, METRICS, 0.5, 44.2)
-    assert line == "[v  61 | step 1/30] reward 0.562  heldout 0.50  staleness 1.5  rollout 1,234 tok/s  44s"
+    assert line == "[v  61 | step 1/30] reward 0.562  heldout 0.50  staleness 1.5  rollout 1,234 tok/s  trainer 99 tok/s  44s"
     assert "heldout   - " in step_line(61, 1, 30, METRICS, None, 0)
 
 
@@ -39,5 +39,5 @@ def test_a_terminal_gets_a_bar_with_the_numbers_and_messages_above_it():
     assert "held-out success at version 70: 0.750" in shown
     assert "training: 11/30" in shown
     assert bar_postfix(71, METRICS, 0.75) in shown
-    assert bar_postfix(71, METRICS, 0.75) == "v71 reward 0.56 heldout 0.75 1,234 tok/s"
+    assert bar_postfix(71, METRICS, 0.75) == "v71 reward 0.56 heldout 0.75 1,234 tok/s trainer 99 tok/s"
     assert "[v  71 | step" not in shown  # no log lines on a terminal

@@ -64,6 +64,15 @@ def test_episode_is_one_turn_with_reward_one_for_the_right_value():
     assert again.done and again.reward == 0.0 and again.info["episode_over"]
 
 
+def test_reference_action_is_the_value_of_the_current_problem_only():
+    env = ArithmeticEnv()
+    assert env.reference_action() is None  # no problem yet
+    env.reset(Problem("arithmetic/train/0", "arithmetic", "train", 3.0, {"expression": "7 - 9", "answer": "-2"}, 1))
+    assert env.reference_action() == "-2" and env.reference_action() == "-2"  # asking changes nothing
+    assert env.step(env.reference_action()).info["success"]
+    assert env.reference_action() is None  # the episode is over
+
+
 @pytest.mark.parametrize("action", ["", "garbage", "🙂" * 1000, "1" * 5000, "fourteen", "14 15"])
 def test_bad_answers_end_the_episode_with_zero_and_say_why(action):
     env = ArithmeticEnv()

@@ -5,6 +5,7 @@ import pytest
 reasoning_gym = pytest.importorskip("reasoning_gym")
 
 from dartflow.tasks.envs.reasoning_gym_family import extract_answer  # noqa: E402
+from dartflow.tasks.rollout.prompts import default_system_prompt  # noqa: E402
 from dartflow.tasks.envs.registry import (  # noqa: E402
     EnvironmentConfigError,
     check_environment,
@@ -52,6 +53,75 @@ def test_answer_tags_are_extracted_and_the_last_block_counts():
     problem = source.problem("train", 0)
     env.reset(problem)
     assert env.step(f"Let me count.\n<answer>{entry_of(problem)['answer']}</answer>").reward == 1.0
+
+
+# Tasks whose items carry no reference answer (answer None: several answers are right, and only
+# score_answer can tell), in reasoning_gym 0.1.25: no reference demonstration can be built for them.
+NO_REFERENCE_ANSWER = {"boxnet", "graph_color", "propositional_logic", "rubiks_cube", "rush_hour"}
+# Items whose reference answer does not score 1 through the environment: ab's answer can be the
+# empty string, which the environment scores 0 ("an empty answer scores 0"); dropped from BC.
+REFERENCE_FAILS = {("ab", 18)}
+
+
+def usable_tasks() -> list[str]:
+    return sorted(set(reasoning_gym.factory.DATASETS) - {"composite"})  # composite needs its datasets= arg
+
+
+def reference_outcomes(items: int) -> dict[str, list[bool | None]]:
+    """Per task, for its first `items` train problems: does the reference action score as a success
+    through the environment's own step (None: the task has no reference action for it)?"""
+    outcomes = {}
+    for task in usable_tasks():
+        name, params = f"reasoning_gym:{task}", {"train_size": items, "heldout_size": 1}
+        source, env = make_problem_source(name, params), make_environment(name, params)
+        outcomes[task] = []
+        for index in range(items):
+            env.reset(source.problem("train", index))
+            action = env.reference_action()
+            outcomes[task].append(None if action is None else env.step(action).info["success"])
+    return outcomes
+
+
+def check_reference_outcomes(outcomes: dict[str, list[bool | None]]) -> None:
+    missing = {task for task, results in outcomes.items() if None in results}
+    failing = {(task, i) for task, results in outcomes.items() for i, ok in enumerate(results) if ok is False}
+    assert missing == NO_REFERENCE_ANSWER
+    assert all(set(outcomes[task]) == {None} for task in missing)
+    assert failing == {(task, i) for task, i in REFERENCE_FAILS if i < len(outcomes[task])}
+
+
+def test_reference_actions_of_every_task_score_one_through_the_environment():
+    # All 105 usable tasks, 2 problems each (~3 s); the slow test below takes 20 problems each.
+    outcomes = reference_outcomes(2)
+    assert len(outcomes) == 105
+    check_reference_outcomes(outcomes)
+    assert sum(all(outcomes[task]) for task in outcomes) == 100
+
+
+@pytest.mark.slow
+def test_reference_actions_of_every_task_score_one_on_twenty_problems_each():
+    outcomes = reference_outcomes(20)  # ~20 s on 2 cores: knight_swap and futoshiki generate slowly
+    check_reference_outcomes(outcomes)
+    assert outcomes["ab"][18] is False and sum(all(outcomes[task]) for task in outcomes) == 99
+
+
+def test_reference_action_is_the_answer_in_tags_and_asking_changes_nothing():
+    source = make_problem_source("reasoning_gym:leg_counting", SMALL)
+    env = make_environment("reasoning_gym:leg_counting", SMALL)
+    assert env.reference_action() is None  # before reset
+    problem = source.problem("train", 3)
+    env.reset(problem)
+    action = env.reference_action()
+    assert action == f"<answer>{entry_of(problem)['answer']}</answer>" == env.reference_action()
+    assert env.step(action).info["success"] and env.reference_action() is None  # one answer per problem
+
+
+def test_the_system_prompt_asks_for_the_final_answer_in_answer_tags():
+    env = make_environment("reasoning_gym:leg_counting", SMALL)
+    prompt = default_system_prompt(env.action_format)
+    assert "final answer inside <answer></answer> tags" in prompt and "<answer>42</answer>" in prompt
+    assert "concise" in prompt.lower()
+    assert extract_answer("<answer>42</answer>") == "42"  # the example itself is in the scored format
 
 
 @pytest.mark.parametrize("action", ["", "   ", "<answer></answer>", "garbage", "🙂∑ß" * 50, "9" * 20_000, "\x00\x01"])

@@ -1,7 +1,7 @@
 import random
 
 from dartflow.storage import records_to_table, validate_trajectories
-from dartflow.tasks.rollout.demonstrations import arithmetic_script, random_guess_script, scripted_demonstrations
+from dartflow.tasks.rollout.demonstrations import arithmetic_script, random_guess_script, warmup_demonstrations
 from dartflow.tasks.rollout.prompts import ChatPrompter
 
 ENVIRONMENTS = [("guess_number", {"low": 1, "high": 16}), ("arithmetic", {"max_operands": 2})]
@@ -16,7 +16,7 @@ def test_scripts_act_on_the_observation():
 
 def test_demonstrations_are_valid_store_rows_in_the_rollout_token_layout(tiny_model_dir):
     prompter = ChatPrompter.from_model_dir(tiny_model_dir)
-    records = scripted_demonstrations(ENVIRONMENTS, prompter, 10, seed=3, max_turns=6, run_id="demo")
+    records = warmup_demonstrations(ENVIRONMENTS, prompter, 10, seed=3, max_turns=6, run_id="demo").records
     table = validate_trajectories(records_to_table(records))
     assert table.num_rows == 10
     assert set(table["source"].to_pylist()) == {"demonstration"}
@@ -33,7 +33,7 @@ def test_demonstrations_are_valid_store_rows_in_the_rollout_token_layout(tiny_mo
 def test_miniwob_demonstrations_play_the_page_they_see_to_a_success(tiny_model_dir):
     prompter = ChatPrompter.from_model_dir(tiny_model_dir)
     environments = [("miniwob:click-checkboxes", {}), ("miniwob:enter-text", {}), ("miniwob:book-flight", {})]
-    records = scripted_demonstrations(environments, prompter, 6, seed=1, max_turns=8, run_id="demo")
+    records = warmup_demonstrations(environments, prompter, 6, seed=1, max_turns=8, run_id="demo").records
     assert {r.environment for r in records} == {"miniwob:click-checkboxes", "miniwob:enter-text"}  # no book-flight script
     validate_trajectories(records_to_table(records))
     assert all(r.success for r in records)

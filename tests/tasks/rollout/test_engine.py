@@ -9,6 +9,7 @@ model only; the swap-correctness test runs on both (the tied head is the CPU bac
 import asyncio
 import functools
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from transformers import AutoTokenizer
 
 from dartflow.config import EngineConfig, validate_config
+from dartflow.storage.records import TrajectoryRecord, TurnRecord, records_to_table
 from dartflow.tasks.models.agreement import chat_prompt_ids, load_transformers_policy, policy_token_logprobs
 from dartflow.tasks.rollout.engine import EngineNotRunning, RolloutEngine, engine_processes
 from dartflow.tasks.rollout.generation import (
@@ -31,6 +33,8 @@ from dartflow.tasks.rollout.generation import (
     turn_token_budget,
 )
 from dartflow.tasks.rollout.weight_sync import CheckpointMismatch, check_checkpoint_compatible
+from dartflow.tasks.training.settings import TrainerSettings
+from dartflow.tasks.training.trainer import Trainer
 
 # Engine vs transformers on the same float32 weights: ~5e-7 measured here.
 LOGPROB_TOLERANCE = 1e-4
@@ -228,8 +232,11 @@ def served(request, run, model_dirs):
     base, *_ = model_dirs[request.param]
     # The tied engine reports raw log-probs: one more engine start would cost ~25 s just for that.
     logprobs_source = "processed" if request.param == "untied" else "raw"
+    # The tied engine also runs bound to one core, as a run's CPU split binds it (checked below).
+    cpu_ids = [min(os.sched_getaffinity(0))] if request.param == "tied" else None
     engine = RolloutEngine(
-        base, engine=TEST_ENGINE, max_context_tokens=MAX_CONTEXT_TOKENS, logprobs_source=logprobs_source
+        base, engine=TEST_ENGINE, max_context_tokens=MAX_CONTEXT_TOKENS, logprobs_source=logprobs_source,
+        cpu_ids=cpu_ids,
     )
     run(engine.start(), timeout_s=300)
     print(f"\n{request.param} engine started in {engine.start_s:.1f} s")
@@ -275,6 +282,39 @@ def test_behavior_logprobs_are_of_the_distribution_sampled_from(engine, run, pro
     full = reference_tempered_logprobs(engine.checkpoint_dir, prompt_ids, nucleus.token_ids, 1.0)
     for behavior, unnormalized in zip(nucleus.behavior_logprobs, full):
         assert 0 < behavior - unnormalized <= -math.log(0.9) + LOGPROB_TOLERANCE
+
+
+@pytest.mark.slow
+@UNTIED_ONLY
+def test_trainer_scores_the_engines_samples_at_the_rollout_temperature(engine, run, prompt_ids, tmp_path, record_property):
+    """Rows the engine sampled at T = 0.7, trained on by a run's trainer: train/behavior_approx_kl
+    ~0 with training.temperature_correction (the trainer scores logits / T), far from 0 without."""
+    generations = run(gather([
+        engine.generate(prompt_ids, max_new_tokens=32, sampling=SamplingSettings(temperature=0.7, seed=seed))
+        for seed in range(8)
+    ]))
+    turns = [
+        TurnRecord("obs", "act", prompt_ids, g.token_ids, g.behavior_logprobs, min_policy_version=engine.policy_version)
+        for g in generations if g.num_tokens
+    ]
+    batch = records_to_table([
+        TrajectoryRecord(f"p{i // 4}", f"g{i // 4}", "toy", [t], "done", reward=float(i % 2)) for i, t in enumerate(turns)
+    ], run_id="test")
+    kls = {}
+    for corrected in (True, False):
+        config = validate_config({
+            "rollout": {"temperature": 0.7},
+            "training": {"temperature_correction": corrected, "batch_size": 8, "micro_batch_size": 4, "lr": 1e-6},
+        })
+        trainer = Trainer(
+            engine.checkpoint_dir, checkpoint_root=tmp_path / str(corrected), settings=TrainerSettings.from_run_config(config)
+        )
+        kls[corrected] = trainer.train_step(batch).metrics["train/behavior_approx_kl"]
+    print(f"behavior_approx_kl of engine rows at T=0.7: corrected {kls[True]:.2e}, uncorrected {kls[False]:.2e}")
+    record_property("behavior_approx_kl_corrected", kls[True])
+    record_property("behavior_approx_kl_uncorrected", kls[False])
+    assert kls[True] < 1e-6
+    assert kls[False] > 1e-3
 
 
 @pytest.mark.slow
@@ -458,6 +498,19 @@ def test_a_stale_tied_head_after_a_plain_vllm_reload_is_detected(served, engine,
         run(llm.collective_rpc("dartflow_check_lm_heads"))
     run(engine.update_weights(engine.policy_version + 1, base))  # the dartflow path repairs it
     assert run(llm.collective_rpc("dartflow_check_lm_heads")) == [1]
+
+
+@pytest.mark.slow
+def test_an_engine_given_cores_runs_its_worker_threads_on_them_only(served):
+    """The CPU split's engine side: vLLM's CPU worker binds its compute threads to `cpu_ids`."""
+    if served.engine.cpu_ids is None:
+        pytest.skip("this engine is not bound (the tied one is)")
+    _, handles = engine_processes(served.engine._llm)
+    workers = [h for h in handles if "Worker" in h.name()]
+    assert workers, [h.name() for h in handles]
+    for worker in workers:
+        assert {tuple(sorted(os.sched_getaffinity(t.id))) for t in worker.threads()} == {tuple(served.engine.cpu_ids)}
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for the engine's start only
 
 
 @pytest.mark.slow

@@ -42,3 +42,18 @@ def test_the_whole_run_config_is_refused_rather_than_silently_defaulted():
 def test_unknown_choices_name_the_field_and_the_allowed_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainerSettings(**{field: value})
+
+
+def test_run_settings_score_at_the_rollout_temperature_unless_the_correction_is_off():
+    from dartflow.config import validate_config
+
+    config = validate_config({"rollout": {"temperature": 0.7}, "training": {"lr": 3e-5}})
+    settings = TrainerSettings.from_run_config(config)
+    assert (settings.temperature, settings.lr) == (0.7, 3e-5)
+    assert TrainerSettings.from_run_config(config, warmup_steps=2).temperature == 0.7
+    uncorrected = validate_config({"rollout": {"temperature": 0.7}, "training": {"temperature_correction": False}})
+    assert TrainerSettings.from_run_config(uncorrected).temperature == 1.0
+    with pytest.raises(TypeError, match="RunConfig"):
+        TrainerSettings.from_run_config(config.training)
+    with pytest.raises(ValueError, match="temperature"):
+        TrainerSettings(temperature=0.0)
