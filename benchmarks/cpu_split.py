@@ -10,7 +10,7 @@ the split) and `auto` (the run's default: on 2 cores the engine on core 0, the t
 Rollout tok/s = sampled tokens / wall; trainer tok/s = input tokens through forward+backward / wall.
 The target (issue 17): both ratios together ÷ alone >= 0.7 with the default split.
 
-    .venv/bin/python benchmarks/cpu_split.py                      # SmolLM2-135M (~12 min on 2 cores)
+    .venv/bin/python benchmarks/cpu_split.py                      # SmolLM2-135M (~6 min on 2 cores)
     .venv/bin/python benchmarks/cpu_split.py --quick              # tiny model smoke run, report under benchmarks/out/
 """
 

@@ -108,6 +108,13 @@ def report_markdown(records: list[dict[str, Any]]) -> str:
             "|---|" + "---|" * len(r["curve"]),
             "| held-out success | " + " | ".join(f"{s:.3f}" for _, s in r["curve"]) + " |",
             "",
+            *(
+                [f"Per task (base -> after warm-up -> final): " + "; ".join(
+                    f"{task} {t['base']:.3f} -> {t['after_warmup']:.3f} -> {t['final']:.3f}"
+                    for task, t in r["by_task"].items()
+                ) + ".", ""]
+                if r.get("by_task") else []
+            ),
             f"![curve]({Path(r['plot']).name})" if r.get("plot") else "",
         ]
     return "\n".join(lines).rstrip() + "\n"
@@ -116,21 +123,29 @@ def report_markdown(records: list[dict[str, Any]]) -> str:
 # ---- runs ------------------------------------------------------------------------------------------
 
 
-def heldout_curve(config: dict[str, Any]) -> tuple[list[tuple[int, float]], int]:
-    """(version, held-out success) of every evaluation of the run, and the episodes of its last one."""
+def heldout_curves(config: dict[str, Any]) -> tuple[dict[str, list[tuple[int, float]]], int]:
+    """(version, held-out success) of every evaluation of the run, in total ("all") and per task
+    when there are several, and the episodes of its last evaluation."""
     from mlflow.tracking import MlflowClient
 
     from dartflow.config import validate_config
+    from dartflow.tasks.evaluation.heldout import metric_safe
 
     run_config = validate_config(config)
     run_file = run_config.work_dir / "runs" / run_config.run_name / "run.json"
     run_id = json.loads(run_file.read_text())["mlflow_run_id"]
     client = MlflowClient(tracking_uri=run_config.mlflow_uri)
-    by_version: dict[int, float] = {}
-    for metric in sorted(client.get_metric_history(run_id, "eval/heldout_success"), key=lambda m: m.timestamp):
-        by_version[metric.step] = metric.value  # a version evaluated twice keeps its latest number
+    names = {"all": "eval/heldout_success"}
+    if len(run_config.environments) > 1:
+        names |= {spec.name: f"eval/{metric_safe(spec.name)}/heldout_success" for spec in run_config.environments}
+    curves = {}
+    for task, metric_name in names.items():
+        by_version: dict[int, float] = {}
+        for metric in sorted(client.get_metric_history(run_id, metric_name), key=lambda m: m.timestamp):
+            by_version[metric.step] = metric.value  # a version evaluated twice keeps its latest number
+        curves[task] = sorted(by_version.items())
     episodes = client.get_metric_history(run_id, "eval/heldout_episodes")
-    return sorted(by_version.items()), int(max((m.value for m in episodes), default=0))
+    return curves, int(max((m.value for m in episodes), default=0))
 
 
 def plot_curve(record: dict[str, Any], path: Path) -> None:
@@ -178,20 +193,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "training": {**config["training"], "steps": 0, "bc_steps": 0}}
     print(f"learning: base model on the held-out episodes ({base_config['run_name']})", flush=True)
     avs.run_dartflow(base_config, "async", logs, logs / f"{base_config['run_name']}.log", args.timeout_min * 60)
-    base_curve, _ = heldout_curve(base_config)
+    base_curves, _ = heldout_curves(base_config)
 
     print(f"learning: the run ({base_name}); log {logs / (base_name + '.log')}", flush=True)
     started = time.perf_counter()
     avs.run_dartflow(config, "async", logs, logs / f"{base_name}.log", args.timeout_min * 60)
     wall_minutes = (time.perf_counter() - started) / 60
-    curve, episodes = heldout_curve(config)
+    curves, episodes = heldout_curves(config)
 
     command = shlex.join([".venv/bin/python", "benchmarks/learning.py", args.config, *args.overrides, "--seed", str(args.seed)])
     record = learning_record(
-        config_path=args.config, config=config, seed=args.seed, base=base_curve[-1][1], curve=curve,
+        config_path=args.config, config=config, seed=args.seed, base=base_curves["all"][-1][1], curve=curves["all"],
         heldout_episodes=episodes, wall_minutes=wall_minutes, machine=envs.machine(), command=command,
         overrides=args.overrides,
     )
+    record["by_task"] = {
+        task: {"base": base_curves[task][-1][1], "after_warmup": curve[0][1], "final": curve[-1][1]}
+        for task, curve in curves.items() if task != "all" and curve and base_curves.get(task)
+    }
     plot = args.out / f"learning-{config_stem}-s{args.seed}.png"
     plot_curve(record, plot)
     record["plot"] = str(plot.relative_to(REPO) if plot.is_relative_to(REPO) else plot)
