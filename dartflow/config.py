@@ -254,9 +254,9 @@ class TrainingConfig(_Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="RL learning-rate schedule.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the RL learning rate.")
     bc_steps: int = Field(
-        0, ge=0, le=1_000_000, description="Behaviour-cloning warm-up steps on scripted demonstrations before RL."
+        0, ge=0, le=1_000_000, description="Behaviour-cloning warm-up steps before RL, on demonstrations: an environment's script, else its reference answers (reasoning_gym)."
     )
-    bc_demonstrations: int = Field(64, ge=1, le=1_000_000, description="Scripted demonstrations generated for BC.")
+    bc_demonstrations: int = Field(64, ge=1, le=1_000_000, description="Demonstrations generated for BC (scripted, or reference answers that the verifier scores a success).")
     bc_max_turns: int | None = Field(
         None, ge=1, le=1_000,
         description="Turns per scripted demonstration (None: rollout.max_turns). 1 teaches the reply format on "

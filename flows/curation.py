@@ -220,7 +220,7 @@ def pool_successes(state: RunState, batch) -> None:
 
 
 def seed_pool_with_demonstrations(state: RunState) -> None:
-    """The run's successful scripted demonstrations join the pool before RL: a problem the policy
+    """The run's successful demonstrations join the pool before RL: a problem the policy
     never solves can still get a success into its groups."""
     from dartflow.tasks.curation.pool import pool_candidates
 
