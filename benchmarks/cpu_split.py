@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import shlex
@@ -31,14 +30,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 QUESTION = "Calculate {a} + {b}. Put the final answer in <answer></answer> tags."
-
-
-def _benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def generate_round(engine, prompts: list[list[int]], new_tokens: int) -> int:
@@ -151,7 +142,8 @@ def render(results: list[dict], args, model: str, machine: dict, load: tuple[flo
 
 
 async def main_async(args) -> list[dict]:
-    trainer_bench = _benchmark("trainer")
+    sys.path.insert(0, str(HERE))  # the sibling benchmark's batch builder
+    from trainer import multi_turn_batch
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.model_dir is not None:
@@ -169,7 +161,7 @@ async def main_async(args) -> list[dict]:
         vocab = AutoConfig.from_pretrained(model_dir).vocab_size
         spec = {"trajectories": args.trajectories, "group_size": 8, "micro_batch_size": 4, "turns": (1, 1),
                 "prompt": (64, 128), "response": (16, 48), "observation": (8, 24)}  # fmt: skip
-        batch = trainer_bench.multi_turn_batch(spec, vocab)
+        batch = multi_turn_batch(spec, vocab)
         return [await measure_split(mode, Path(model_dir), batch, args, workdir) for mode in args.modes]
 
 
@@ -187,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     args.command = shlex.join([".venv/bin/python", "benchmarks/cpu_split.py", *(argv if argv is not None else sys.argv[1:])])
     if args.quick:
         args.rounds, args.steps = 2, 2
-    machine, load_before = _benchmark("envs").machine(), os.getloadavg()[0]
+    sys.path.insert(0, str(HERE))
+    from envs import machine as describe_machine
+
+    machine, load_before = describe_machine(), os.getloadavg()[0]
     results = asyncio.run(main_async(args))
     out = HERE / ("out" if args.quick else "reports")
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ model take up to an hour on 2 cores: keep the machine otherwise quiet.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import sys
@@ -33,15 +32,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-
-def _benchmark(name: str):
-    """A sibling benchmark module (its process runner, its machine description)."""
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---- pure: records and the report ----------------------------------------------------------------
@@ -179,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from dartflow.config import load_config
 
-    avs, envs = _benchmark("async_vs_sync"), _benchmark("envs")
+    sys.path.insert(0, str(HERE))  # the sibling benchmarks: a process runner, the machine's description
+    import async_vs_sync as avs
+    import envs
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     config_stem = Path(args.config).stem
     base_name = f"{config_stem}-s{args.seed}-{stamp}"

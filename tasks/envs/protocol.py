@@ -77,7 +77,7 @@ def reference_action_of(environment: Environment) -> str | None:
 
 
 def knows_reference_actions(environment: Environment) -> bool:
-    return callable(getattr(environment, "reference_action", None))
+    return isinstance(environment, KnowsReferenceAction)
 
 
 @runtime_checkable
